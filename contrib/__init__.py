@@ -1,0 +1,1 @@
+"""Networks, data, training and evaluation built on the core and the plugins."""

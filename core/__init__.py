@@ -1,0 +1,76 @@
+"""ddkit: a framework for discrete diffusion models.
+
+The core defines the protocols (:class:`Schedule`, :class:`Process`,
+:class:`Parameterization`, :class:`Loss`, :class:`Sampler`, the denoiser contract) and the
+plugin system; built-in and third-party plugins implement them::
+
+    import torch, ddkit
+
+    process = ddkit.build("process", "masked", vocab_size=4, schedule="cosine")
+    sampler = ddkit.build("sampler", "ancestral", steps=16)
+    uniform = lambda x_t, t: torch.zeros(*x_t.shape, 4)  # a plain-function denoiser
+    result = sampler.sample(uniform, process, num_samples=2, length=8,
+                            generator=torch.Generator().manual_seed(0))
+    result.tokens, result.nfe
+"""
+
+from .denoiser import Denoiser
+from .errors import (
+    DDKitError,
+    DuplicateComponentError,
+    ParameterError,
+    PluginError,
+    PluginValidationError,
+    PluginWarning,
+    UnknownComponentError,
+)
+from .hookspecs import KINDS, hookimpl
+from .loss import Loss, LossOutput, sample_steps, sample_times
+from .parameterization import Parameterization
+from .process import Process
+from .registry import (
+    Component,
+    ComponentRecord,
+    NoParams,
+    Registry,
+    build,
+    get_registry,
+    list_components,
+    reset_registry,
+)
+from .sampler import DenoiserCalls, SampleResult, Sampler, time_grid
+from .schedule import Schedule
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "KINDS",
+    "Component",
+    "ComponentRecord",
+    "DDKitError",
+    "Denoiser",
+    "DenoiserCalls",
+    "DuplicateComponentError",
+    "Loss",
+    "LossOutput",
+    "NoParams",
+    "ParameterError",
+    "Parameterization",
+    "PluginError",
+    "PluginValidationError",
+    "PluginWarning",
+    "Process",
+    "Registry",
+    "SampleResult",
+    "Sampler",
+    "Schedule",
+    "UnknownComponentError",
+    "build",
+    "get_registry",
+    "hookimpl",
+    "list_components",
+    "reset_registry",
+    "sample_steps",
+    "sample_times",
+    "time_grid",
+]

@@ -1,0 +1,58 @@
+r"""Mean (:math:`x_0`-prediction) parameterization.
+
+.. math::  \mu_\theta(x_t, t) = \mathrm{softmax}(f_\theta(x_t, t))
+
+over the clean vocabulary (zero probability for the mask: network columns beyond ``V`` are
+dropped). For an absorbing process, positions whose :math:`x_t` is clean *carry over*:
+:math:`\mu = e_{x_t}` there, since a clean token is the data. Without time conditioning
+(the default: the optimal masked-diffusion denoiser is time-independent) the denoiser is
+called with :math:`t = 0` for every input, so its output depends on :math:`x_t` only and
+samplers may cache it.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import Tensor
+
+import ddkit
+
+
+class MeanParameterization(ddkit.Parameterization):
+    def __init__(self, time_conditioning: bool = False):
+        self.time_conditioning = bool(time_conditioning)
+
+    def log_mean(self, denoiser: ddkit.Denoiser, x_t: Tensor, t: Tensor, process: ddkit.Process) -> Tensor:
+        V = process.vocab_size
+        t = torch.as_tensor(t, dtype=torch.get_default_dtype(), device=x_t.device)
+        if not self.time_conditioning:
+            t = torch.zeros_like(t)
+        logits = denoiser(x_t, t)
+        if logits.shape[:2] != x_t.shape or logits.shape[-1] < V:
+            raise ValueError(
+                f"denoiser returned logits of shape {tuple(logits.shape)}; expected "
+                f"[{x_t.shape[0]}, {x_t.shape[1]}, {V}] (clean vocabulary)"
+            )
+        log_mean = torch.log_softmax(logits[..., :V].float(), dim=-1)
+        if process.mask_id is not None:
+            clean = x_t != process.mask_id
+            carry = torch.full_like(log_mean, float("-inf")).scatter(
+                -1, x_t.clamp_max(V - 1)[..., None], 0.0
+            )
+            log_mean = torch.where(clean[..., None], carry, log_mean)
+        return log_mean
+
+    def __repr__(self) -> str:
+        return f"MeanParameterization(time_conditioning={self.time_conditioning})"
+
+
+class MeanParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    time_conditioning: bool = False
+
+
+@ddkit.hookimpl
+def register_parameterizations(register):
+    register("mean", MeanParameterization, params=MeanParams,
+             summary="x0-prediction: softmax over clean tokens, carry-over of clean tokens")
