@@ -37,5 +37,7 @@ def plugins(as_json: bool, kind: str | None) -> None:
         click.echo(f"warning: {problem}", err=True)
 
 
+get_registry().add_commands(main)
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -83,6 +83,11 @@ def register_kernels(register):
     """Register compute-kernel backends for the hot per-step operations."""
 
 
+@hookspec
+def register_commands(cli):
+    """Add sub-commands to the ``ddkit`` command line: ``cli`` is its ``click.Group``."""
+
+
 def hook_name(kind: str) -> str:
     """The hook that registers components of ``kind``: ``process`` -> ``register_processes``."""
     plural = kind + ("es" if kind.endswith("s") else "s")

@@ -197,6 +197,15 @@ class Registry:
         self.problems.append(message)
         warnings.warn(message, PluginWarning, stacklevel=3)
 
+    def add_commands(self, cli: Any) -> None:
+        """Let every plugin add its sub-commands to the ``click`` group ``cli``."""
+        for impl in self._pm.hook.register_commands.get_hookimpls():
+            try:
+                impl.function(cli=cli)
+            except Exception as exc:
+                self._problem(f"plugin {impl.plugin_name!r} failed in register_commands: "
+                              f"{type(exc).__name__}: {exc}")
+
     # -- lookup --------------------------------------------------------------------------
 
     def records(self, kind: str | None = None) -> list[ComponentRecord]:
