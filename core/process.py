@@ -70,7 +70,9 @@ class Process:
         raise NotImplementedError
 
     def marginal_matrix(self, t: Tensor) -> Tensor:
-        r""":math:`\bar Q(t) = \bar Q(0, t)`."""
+        r""":math:`\bar Q(t)_{ij} = q(x_t = j \mid x_0 = i)` from the data. The default
+        :math:`\bar Q(0, t)` assumes no noise at :math:`t = 0`; a process whose schedule has
+        :math:`\alpha_0 < 1` overrides it."""
         t = torch.as_tensor(t, dtype=torch.float64)
         return self.transition_matrix(torch.zeros_like(t), t)
 

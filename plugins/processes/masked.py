@@ -5,7 +5,8 @@ States ``0..V-1`` are clean tokens and ``V`` is the mask (``S = V + 1``). With t
 
 * marginal :math:`q(x_t \mid x_0) = \mathrm{Cat}(\alpha_t x_0 + (1-\alpha_t) e_m)`;
 * transition :math:`\bar Q(s,t) = \frac{\alpha_t}{\alpha_s} I + (1 - \frac{\alpha_t}{\alpha_s})
-  \mathbf 1 e_m^\top`;
+  \mathbf 1 e_m^\top` and marginal :math:`\bar Q(t) = \alpha_t I + (1-\alpha_t)\mathbf 1 e_m^\top`
+  (from the data; equal to :math:`\bar Q(0, t)` only when :math:`\alpha_0 = 1`);
 * rate matrix :math:`R(t) = \beta(t)(\mathbf 1 e_m^\top - I)` restricted to clean rows, with
   :math:`\beta(t) = -\alpha'_t/\alpha_t` (the mask row is zero);
 * posterior for :math:`x_t = m`: stay masked w.p. :math:`\frac{1-\alpha_s}{1-\alpha_t}`, become
@@ -46,10 +47,9 @@ class MaskedProcess(ddkit.Process):
 
     # -- dense ---------------------------------------------------------------------------
 
-    def transition_matrix(self, s: Tensor, t: Tensor) -> Tensor:
-        a_s, a_t = self._alpha(s), self._alpha(t)
-        # if alpha_s = 0 every token is already masked at s and the clean rows are unreachable
-        keep = torch.where(a_s > 0, a_t / a_s.clamp_min(_TINY), torch.ones_like(a_t))[..., None, None]
+    def _keep_matrix(self, keep: Tensor) -> Tensor:
+        r""":math:`k I + (1 - k)\mathbf 1 e_m^\top` for a keep probability ``k`` of any shape."""
+        keep = keep[..., None, None]
         S, m = self.num_states, self.mask_id
         eye = torch.eye(S, dtype=torch.float64, device=keep.device)
         to_mask = torch.zeros(S, S, dtype=torch.float64, device=keep.device)
@@ -57,6 +57,15 @@ class MaskedProcess(ddkit.Process):
         q = keep * eye + (1.0 - keep) * to_mask
         q[..., m, :] = eye[m]
         return q
+
+    def transition_matrix(self, s: Tensor, t: Tensor) -> Tensor:
+        a_s, a_t = self._alpha(s), self._alpha(t)
+        # if alpha_s = 0 every token is already masked at s and the clean rows are unreachable
+        return self._keep_matrix(torch.where(a_s > 0, a_t / a_s.clamp_min(_TINY), torch.ones_like(a_t)))
+
+    def marginal_matrix(self, t: Tensor) -> Tensor:
+        # from the data, not from time 0: differs from transition_matrix(0, t) when alpha_0 < 1
+        return self._keep_matrix(self._alpha(t))
 
     def rate_matrix(self, t: Tensor) -> Tensor:
         t = torch.as_tensor(t, dtype=torch.float64)
