@@ -1,0 +1,143 @@
+"""ELBO losses: non-negativity, perfect denoisers, discrete -> continuous, unbiased estimates."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import ddkit
+
+V, N = 3, 3
+X0 = torch.tensor([[0, 2, 1]])
+
+
+def f64(x):
+    return torch.tensor(x, dtype=torch.float64)
+
+
+def count_denoiser(x_t, t):
+    """Time-independent, depends on x_t through the number of masks (so the ELBO depends on T)."""
+    masks = (x_t == V).sum(-1, keepdim=True).float()  # [B, 1]
+    base = torch.tensor([[0.3, -0.2, 0.5], [0.1, 0.4, -0.3], [-0.5, 0.2, 0.6]])
+    return base.expand(*x_t.shape, V) * (1.0 + masks[..., None]) + 0.1 * masks[..., None]
+
+
+def exact_integrand(process, log_mean_fn, t, term):
+    """E_{q(x_t|x0)} [sum_n term] by enumerating all 2^N masking patterns."""
+    a = float(process.schedule.alpha(f64(t)))
+    total = 0.0
+    for pattern in itertools.product([0, 1], repeat=N):
+        m = torch.tensor(pattern, dtype=torch.bool)[None]
+        x_t = torch.where(m, torch.full_like(X0, V), X0)
+        prob = math.prod((1 - a) if b else a for b in pattern)
+        if prob == 0:
+            continue
+        total += prob * float(term(x_t, log_mean_fn(x_t)).sum())
+    return total
+
+
+def log_mean_of(process):
+    param = ddkit.build("parameterization", "mean")
+    return lambda x_t: param.log_mean(count_denoiser, x_t, torch.zeros(1), process).double()
+
+
+def exact_continuous(process):
+    lm = log_mean_of(process)
+    x, w = np.polynomial.legendre.leggauss(200)
+    nodes, weights = (x + 1) / 2, w / 2
+    return sum(wi * exact_integrand(process, lm, ti, lambda xt, l, ti=ti: process.continuous_elbo(X0, xt, l, f64([ti])))
+               for ti, wi in zip(nodes, weights))
+
+
+def exact_discrete(process, T):
+    lm = log_mean_of(process)
+    return sum(exact_integrand(process, lm, i / T,
+                               lambda xt, l, i=i: process.discrete_elbo(X0, xt, l, f64([(i - 1) / T]), f64([i / T])))
+               for i in range(1, T + 1))
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine", {"name": "polynomial", "exponent": 2.0}])
+def test_discrete_elbo_converges_to_continuous(schedule):
+    process = ddkit.build("process", "masked", vocab_size=V, schedule=schedule)
+    cont = exact_continuous(process)
+    gaps = [abs(exact_discrete(process, T) - cont) for T in (4, 16, 64, 256)]
+    assert all(a > b for a, b in zip(gaps, gaps[1:])), gaps
+    assert gaps[-1] < 2e-3 * cont
+    # O(1/T): quadrupling T shrinks the gap about fourfold
+    assert gaps[-2] / gaps[-1] == pytest.approx(4.0, rel=0.25)
+
+
+def test_continuous_elbo_is_schedule_invariant():
+    """The continuous ELBO of a time-independent denoiser depends only on the endpoints."""
+    values = [exact_continuous(ddkit.build("process", "masked", vocab_size=V, schedule=s))
+              for s in ["linear", "cosine", {"name": "polynomial", "exponent": 3.0}]]
+    assert values[1] == pytest.approx(values[0], rel=1e-6)
+    assert values[2] == pytest.approx(values[0], rel=1e-6)
+
+
+@pytest.mark.parametrize("loss_name,extra", [("continuous_elbo", {"t_min": 0.0}), ("discrete_elbo", {"num_steps": 8})])
+@pytest.mark.parametrize("time_sampling", ["iid", "antithetic"])
+def test_monte_carlo_estimate_is_unbiased(loss_name, extra, time_sampling):
+    process = ddkit.build("process", "masked", vocab_size=V, schedule="cosine")
+    exact = exact_continuous(process) if loss_name == "continuous_elbo" else exact_discrete(process, 8)
+    loss = ddkit.build("loss", loss_name, process=process, time_sampling=time_sampling, **extra)
+    g = torch.Generator().manual_seed(0)
+    # each call gives one unbiased estimate (a batch mean); the spread across calls gives the error
+    estimates = torch.stack([loss(count_denoiser, X0.expand(256, N), generator=g).nats.sum(-1).double().mean()
+                             for _ in range(60)])
+    se = float(estimates.std() / math.sqrt(len(estimates)))
+    assert abs(float(estimates.mean()) - exact) < 5.5 * se  # two-sided p < 1e-7 under normality
+
+
+def test_elbo_is_non_negative_and_zero_for_a_perfect_denoiser():
+    process = ddkit.build("process", "masked", vocab_size=5, schedule="cosine")
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randint(0, 5, (64, 12), generator=g)
+    for name in ("continuous_elbo", "discrete_elbo"):
+        loss = ddkit.build("loss", name, process=process)
+        random = loss(lambda x, t: torch.randn(*x.shape, 5, generator=g), x0, generator=g)
+        assert bool((random.nats >= 0).all()) and random.nats_per_token > 0
+
+        def perfect_on_masks(x_t, t):
+            # exact at masked positions; arbitrary (wrong) at clean ones, which must not count
+            logits = torch.full((*x_t.shape, 5), -1e4)
+            logits.scatter_(-1, x0[..., None], 0.0)
+            wrong = torch.full_like(logits, -1e4).scatter(-1, ((x0 + 1) % 5)[..., None], 0.0)
+            return torch.where((x_t == 5)[..., None], logits, wrong)
+
+        perfect = loss(perfect_on_masks, x0, generator=g)
+        assert float(perfect.nats.abs().max()) == 0.0
+
+
+def test_units():
+    out = ddkit.LossOutput(nats=torch.full((2, 3), math.log(4.0)), t=torch.zeros(2))
+    assert out.bits_per_token == pytest.approx(2.0)
+    assert out.perplexity == pytest.approx(4.0)
+    assert out.bound
+
+
+def test_time_sampling_ranges_and_uniformity():
+    g = torch.Generator().manual_seed(0)
+    for method in ("iid", "antithetic"):
+        t = ddkit.sample_times(100_000, method=method, t_min=0.1, generator=g)
+        assert float(t.min()) > 0.1 and float(t.max()) <= 1.0
+        # mean of U[0.1, 1] is 0.55, sd 0.26; iid bound 5.5 se (antithetic is far tighter)
+        assert abs(float(t.mean()) - 0.55) < 5.5 * 0.26 / math.sqrt(100_000)
+        steps = ddkit.sample_steps(10_000, 7, method=method, generator=g)
+        assert int(steps.min()) == 1 and int(steps.max()) == 7
+    # antithetic: exactly one time per stratum of width (1 - t_min)/B
+    t = ddkit.sample_times(8, method="antithetic", generator=g)
+    strata = torch.sort(((1 - t) * 8).floor()).values
+    assert strata.tolist() == list(range(8))
+
+
+def test_bad_loss_parameters():
+    process = ddkit.build("process", "masked", vocab_size=3)
+    with pytest.raises(ddkit.ParameterError, match="time_sampling"):
+        ddkit.build("loss", "continuous_elbo", process=process, time_sampling="sobol")
+    with pytest.raises(ddkit.ParameterError, match="num_steps"):
+        ddkit.build("loss", "discrete_elbo", process=process, num_steps=0)
+    with pytest.raises(ddkit.ParameterError, match="process"):
+        ddkit.build("loss", "continuous_elbo")
