@@ -298,8 +298,11 @@ def list_components(kind: str | None = None) -> list[ComponentRecord]:
 def _component_validator(kind: str) -> Callable[[Any], Any]:
     def check(value: Any) -> Any:
         if isinstance(value, (str, Mapping)):
-            name, params = split_spec(value)
-            _, model = get_registry().validate(kind, value)
+            name, _ = split_spec(value)
+            try:
+                _, model = get_registry().validate(kind, value)
+            except (UnknownComponentError, ParameterError) as exc:
+                raise ValueError(str(exc)) from exc  # pydantic reports it at the field's path
             return {"name": name, **model.model_dump(exclude_unset=True)}
         return value
 
