@@ -312,17 +312,21 @@ def check_sampler_batch_permutation_equivariance(sampler, process: Process) -> N
 def check_sampler_dtype_and_device(sampler, process: Process) -> None:
     """Any floating logits dtype is accepted; results are LongTensors on the requested
     device; the default dtype is unchanged."""
-    default = torch.get_default_dtype()
-    for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
-        result = _run(sampler, ContextDenoiser(process, dtype=dtype), process, num_samples=3,
-                      length=5, device="cpu")
-        _check_tokens(sampler, result, process, (3, 5), f"logits in {dtype}")
-        if result.tokens.device.type != "cpu":
-            fail("tokens must be on the requested device", requested="cpu",
-                 device=str(result.tokens.device))
-    if torch.get_default_dtype() != default:
-        fail("sampling must not change torch's default dtype", before=str(default),
-             after=str(torch.get_default_dtype()))
+    original = torch.get_default_dtype()
+    try:
+        for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+            torch.set_default_dtype(torch.float32)
+            result = _run(sampler, ContextDenoiser(process, dtype=dtype), process, num_samples=3,
+                          length=5, device="cpu")
+            if torch.get_default_dtype() != torch.float32:
+                fail("sampling must not change torch's default dtype", before="torch.float32",
+                     after=str(torch.get_default_dtype()), logits_dtype=str(dtype))
+            _check_tokens(sampler, result, process, (3, 5), f"logits in {dtype}")
+            if result.tokens.device.type != "cpu":
+                fail("tokens must be on the requested device", requested="cpu",
+                     device=str(result.tokens.device))
+    finally:
+        torch.set_default_dtype(original)
     if torch.cuda.is_available():
         result = _run(sampler, ContextDenoiser(process), process, num_samples=3, length=5,
                       device="cuda", generator=torch.Generator("cuda").manual_seed(SEED))

@@ -45,6 +45,7 @@ def _grid(n: int = 1001) -> Tensor:
     return torch.linspace(0.0, 1.0, n, dtype=_F64)
 
 
+@torch.no_grad()
 def check_schedule_elementwise(schedule) -> None:
     """``alpha``/``alpha_prime`` keep the input shape, act elementwise, return float64 for
     float64 input and accept float32 input."""
@@ -70,6 +71,7 @@ def check_schedule_elementwise(schedule) -> None:
                      t=t)
 
 
+@torch.no_grad()
 def check_schedule_finite(schedule) -> None:
     """alpha is finite on [0, 1]; alpha_prime is never NaN."""
     t = _grid()
@@ -84,6 +86,7 @@ def check_schedule_finite(schedule) -> None:
         fail("alpha_prime(t) must not be NaN on [0, 1]", t=t[i], alpha_prime=prime[i])
 
 
+@torch.no_grad()
 def check_schedule_alpha_in_unit_interval(schedule) -> None:
     """0 <= alpha(t) <= 1 on [0, 1]."""
     t = _grid()
@@ -94,6 +97,7 @@ def check_schedule_alpha_in_unit_interval(schedule) -> None:
         fail("alpha(t) is a probability and must lie in [0, 1]", t=t[i], alpha=alpha[i])
 
 
+@torch.no_grad()
 def check_schedule_monotone(schedule) -> None:
     """alpha is non-increasing in t and alpha_prime <= 0."""
     t = _grid()
@@ -111,9 +115,11 @@ def check_schedule_monotone(schedule) -> None:
         fail("alpha_prime(t) must be <= 0", t=t[i], alpha_prime=prime[i])
 
 
+@torch.no_grad()
 def check_schedule_endpoints(schedule) -> None:
     """alpha_0 ~ 1 and alpha_1 ~ 0 (within ENDPOINT_TOLERANCE); endpoints() agrees."""
-    values = schedule.alpha(torch.tensor([0.0, 1.0], dtype=_F64))
+    with torch.no_grad():
+        values = schedule.alpha(torch.tensor([0.0, 1.0], dtype=_F64))
     a0, a1 = float(values[0]), float(values[1])
     if not a0 >= 1.0 - ENDPOINT_TOLERANCE:
         fail(f"alpha(0) must be within {ENDPOINT_TOLERANCE} of 1 (t = 0 is data)", alpha_0=a0)
@@ -124,6 +130,7 @@ def check_schedule_endpoints(schedule) -> None:
                  atol=1e-12)
 
 
+@torch.no_grad()
 def check_schedule_derivative(schedule) -> None:
     """alpha_prime matches central finite differences of alpha on [0.01, 0.99]."""
     t = torch.linspace(0.01, 0.99, 197, dtype=_F64)
@@ -135,6 +142,7 @@ def check_schedule_derivative(schedule) -> None:
                  atol=1e-6, rtol=1e-5, t=t)
 
 
+@torch.no_grad()
 def check_schedule_inverse(schedule) -> None:
     """inverse(alpha(t)) = t, and the inverse maps [alpha_1, alpha_0] into [0, 1]."""
     t = _grid()

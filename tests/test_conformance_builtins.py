@@ -1,0 +1,77 @@
+"""Every built-in schedule, process and sampler passes the conformance kit (ddkit.testing)."""
+
+import pytest
+
+import ddkit
+from ddkit.testing import check_process, check_sampler, check_schedule, parametrize_with_checks
+
+SCHEDULES = ["linear", "cosine", "polynomial", {"name": "polynomial", "exponent": 0.5},
+             {"name": "polynomial", "exponent": 3.0}, "geometric",
+             {"name": "geometric", "sigma_min": 1e-3, "sigma_max": 10.0}, "loglinear",
+             {"name": "loglinear", "eps": 0.0}]
+
+
+def masked(schedule, V=4):
+    return ddkit.build("process", "masked", vocab_size=V, schedule=schedule)
+
+
+PROCESSES = [masked(s) for s in ("linear", "cosine", {"name": "polynomial", "exponent": 0.5},
+                                 "geometric", "loglinear")] + [masked("cosine", V=1), masked("linear", V=9)]
+
+SAMPLERS = [
+    ("ancestral", {"steps": 16}),
+    ("ancestral", {"steps": 8, "grid": "cosine", "cache": False}),
+    ("ancestral", {"steps": 6, "parameterization": {"name": "mean", "time_conditioning": True}}),
+    ("ancestral", {"steps": 4, "temperature": 0.8, "top_k": 3, "top_p": 0.9, "final_argmax": True}),
+    ("first_hitting", {}),
+    ("first_hitting", {"temperature": 0.5, "parameterization": {"name": "mean", "time_conditioning": True}}),
+]
+
+PAIRS = [(ddkit.build("sampler", name, **params), masked(schedule))
+         for name, params in SAMPLERS for schedule in ("cosine", "loglinear")]
+PAIRS += [(ddkit.build("sampler", "first_hitting"), masked("geometric", V=2)),
+          (ddkit.build("sampler", "ancestral", steps=5), masked("linear", V=1))]
+
+
+def test_every_registered_schedule_is_covered():
+    covered = {s if isinstance(s, str) else s["name"] for s in SCHEDULES}
+    builtin = {r.name for r in ddkit.list_components("schedule") if r.source == "ddkit"}
+    assert builtin <= covered
+
+
+def test_every_registered_sampler_is_covered():
+    builtin = {r.name for r in ddkit.list_components("sampler") if r.source == "ddkit"}
+    assert builtin <= {name for name, _ in SAMPLERS}
+
+
+@parametrize_with_checks([ddkit.build("schedule", s) for s in SCHEDULES])
+def test_schedule_conformance(component, check):
+    check()
+
+
+@parametrize_with_checks(PROCESSES)
+def test_process_conformance(component, check):
+    check()
+
+
+@parametrize_with_checks(PAIRS)
+def test_sampler_conformance(component, check):
+    check()
+
+
+def test_one_call_runs_every_applicable_check():
+    schedule_report = check_schedule(ddkit.build("schedule", "cosine"))
+    assert [r.status for r in schedule_report.results] == ["passed"] * 7
+    process = masked("cosine")
+    names = [r.name for r in check_process(process).results]
+    assert "check_process_absorbing" in names and "check_process_continuous_elbo_is_limit" in names
+    report = check_sampler(ddkit.build("sampler", "first_hitting"), process)
+    assert report.ok and len(report.results) == 9
+
+
+def test_sampler_requirements_are_enforced():
+    class WithoutCapabilities(type(masked("cosine"))):
+        capabilities = frozenset()
+
+    with pytest.raises(ValueError, match="requires process capabilities \\['absorbing'\\]"):
+        check_sampler(ddkit.build("sampler", "first_hitting"), WithoutCapabilities(4, "cosine"))
