@@ -53,7 +53,8 @@ def pytest_configure(config: pytest.Config) -> None:
         f"{MARKER}(*components, expected_failures=None): parametrize the ddkit_check argument "
         "with every conformance check of the components",
     )
-    profile = config.getoption("--ddkit-hypothesis-profile")
+    # default=: a plugin enabled from a test module registers after the command line is parsed
+    profile = config.getoption("--ddkit-hypothesis-profile", default=None)
     try:
         from . import strategies
     except ImportError:  # hypothesis is optional; the profiles need it
@@ -70,7 +71,8 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_report_header(config: pytest.Config) -> str:
     import ddkit
 
-    return f"ddkit testing kit: ddkit {ddkit.__version__}, ddkit_generator seed {config.getoption('--ddkit-seed')}"
+    seed = config.getoption("--ddkit-seed", default=0)
+    return f"ddkit testing kit: ddkit {ddkit.__version__}, ddkit_generator seed {seed}"
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -92,4 +94,4 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture
 def ddkit_generator(request: pytest.FixtureRequest) -> torch.Generator:
     """A CPU generator seeded with ``--ddkit-seed``."""
-    return torch.Generator().manual_seed(request.config.getoption("--ddkit-seed"))
+    return torch.Generator().manual_seed(request.config.getoption("--ddkit-seed", default=0))
