@@ -1,0 +1,167 @@
+"""Checkpoints: one safetensors file with everything needed to sample or to resume.
+
+Tensors (no pickle anywhere): ``model.*`` (weights), ``ema.*`` (EMA weights, used for
+evaluation and sampling), ``loss.*`` (learnable loss/schedule parameters, if any),
+``optimizer.<param index>.<key>`` (optimizer state) and ``rng.*`` (random generator states
+as bytes). The safetensors metadata holds JSON: the format tag, the step, the fully resolved
+pipeline config and the optimizer's parameter groups.
+
+Saving is atomic: the file is written under a temporary name in the same directory, flushed
+to disk, then moved over the old checkpoint with :func:`os.replace`; an interrupted save
+leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+from ddkit import DDKitError
+
+FORMAT = "ddkit-checkpoint/1"
+CHECKPOINT_NAME = "checkpoint.safetensors"
+
+
+class CheckpointError(DDKitError):
+    """A checkpoint is missing, unreadable or from an incompatible run."""
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: ``tensors`` by full key, and the JSON metadata."""
+
+    path: Path
+    step: int
+    config: dict[str, Any]
+    tensors: dict[str, Tensor]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def group(self, prefix: str) -> dict[str, Tensor]:
+        """Tensors under ``prefix.`` with the prefix removed."""
+        head = prefix + "."
+        return {k[len(head):]: v for k, v in self.tensors.items() if k.startswith(head)}
+
+    def weights(self, prefer_ema: bool = True) -> dict[str, Tensor]:
+        """The network weights to use for inference: EMA if present (and preferred)."""
+        ema = self.group("ema")
+        return ema if (prefer_ema and ema) else self.group("model")
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file, fsync, :func:`os.replace`)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Split an optimizer state into tensors (for safetensors) and JSON (groups, scalars)."""
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, values in state["state"].items():
+        for key, value in values.items():
+            if isinstance(value, Tensor):
+                tensors[f"optimizer.{index}.{key}"] = value.detach().contiguous()
+            else:
+                scalars.setdefault(str(index), {})[key] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def optimizer_state(tensors: dict[str, Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    """Inverse of :func:`optimizer_tensors`: a ``state_dict`` for ``load_state_dict``."""
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    for index, values in meta.get("scalars", {}).items():
+        state.setdefault(int(index), {}).update(values)
+    groups = []
+    for group in meta["param_groups"]:
+        group = dict(group)
+        if isinstance(group.get("betas"), list):
+            group["betas"] = tuple(group["betas"])
+        groups.append(group)
+    return {"state": state, "param_groups": groups}
+
+
+def save_checkpoint(path: Path, *, step: int, config: dict[str, Any], model: torch.nn.Module,
+                    ema: torch.nn.Module | None = None, loss: torch.nn.Module | None = None,
+                    optimizer: torch.optim.Optimizer | None = None,
+                    rng: dict[str, Tensor] | None = None, extra: dict[str, Any] | None = None) -> Path:
+    """Write a checkpoint atomically; returns its path."""
+    path = Path(path)
+    tensors: dict[str, Tensor] = {}
+    for prefix, module in (("model", model), ("ema", ema), ("loss", loss)):
+        if module is not None:
+            for key, value in module.state_dict().items():
+                tensors[f"{prefix}.{key}"] = value.detach().cpu().contiguous().clone()
+    meta: dict[str, Any] = {"format": FORMAT, "step": step, "config": config, **(extra or {})}
+    if optimizer is not None:
+        opt_tensors, meta["optimizer"] = optimizer_tensors(optimizer)
+        tensors.update({k: v.cpu().clone() for k, v in opt_tensors.items()})
+    for key, value in (rng or {}).items():
+        tensors[f"rng.{key}"] = value.detach().cpu().contiguous().clone()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        save_file(tensors, str(tmp), metadata={"ddkit": json.dumps(meta)})
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _fsync_dir(path.parent)
+    return path
+
+
+def load_checkpoint(path: Path | str, device: str | torch.device = "cpu") -> Checkpoint:
+    """Read a checkpoint written by :func:`save_checkpoint` (safetensors: no code runs)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            raw = (f.metadata() or {}).get("ddkit")
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+    except Exception as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+    if raw is None:
+        raise CheckpointError(f"{path} is a safetensors file but not a ddkit checkpoint (no 'ddkit' metadata)")
+    meta = json.loads(raw)
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path} has checkpoint format {meta.get('format')!r}; this ddkit reads {FORMAT!r}")
+    return Checkpoint(path=path, step=int(meta["step"]), config=meta["config"], tensors=tensors, meta=meta)

@@ -1,0 +1,226 @@
+"""Command-line commands of the pipeline: ``run``, ``train``, ``eval``, ``sample`` and
+``config validate|show|schema``, added to ``ddkit`` through the ``register_commands`` hook.
+
+Arguments after the pipeline file are ``key.path=value`` overrides::
+
+    ddkit run pipelines/quickstart.yaml train.steps=500 model.width=128
+    ddkit sample --run runs/quickstart --sampler first_hitting -p temperature=0.8 --show
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import click
+
+import ddkit
+from ddkit.config import ConfigError, load_pipeline, pipeline_json_schema
+
+from .checkpoint import CHECKPOINT_NAME, atomic_write_text, load_checkpoint
+from .pipeline import Pipeline
+
+
+def _friendly(command):
+    """Turn ddkit's own errors into a clean message and exit status 1 (2 for config errors)."""
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except ConfigError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(2)
+        except ddkit.DDKitError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("\ninterrupted; the checkpoint holds the last completed step (continue with --resume)", err=True)
+            sys.exit(130)
+    return wrapper
+
+
+def _split_args(args: tuple[str, ...], *, need_file: bool) -> tuple[str | None, list[str]]:
+    """``(pipeline file, overrides)``: the first argument is the file unless it is an override."""
+    if args and "=" not in args[0]:
+        return args[0], list(args[1:])
+    if need_file:
+        raise ConfigError("give a pipeline file (e.g. pipelines/quickstart.yaml), then key.path=value overrides")
+    return None, list(args)
+
+
+def _load_for_run(args: tuple[str, ...], out: str | None, resume: bool):
+    from .runner import choose_run_dir
+
+    path, overrides = _split_args(args, need_file=not resume)
+    if path is None:  # --resume with only overrides: the run directory's own config
+        if out is None:
+            raise ConfigError("--resume without a pipeline file needs --out RUN_DIR")
+        config = load_pipeline(load_checkpoint(Path(out)).config, overrides)
+    else:
+        config = load_pipeline(path, overrides)
+    run_dir, note = choose_run_dir(config, out, resume=resume)
+    if note:
+        click.echo(note, err=True)
+    return config, run_dir
+
+
+_resume_option = click.option("--resume", is_flag=True,
+                              help="Continue the run in the run directory from its checkpoint.")
+_out_option = click.option("--out", type=click.Path(file_okay=False),
+                           help="Run directory (default: output.dir, else runs/<name>).")
+_device_option = click.option("--device", help="cpu, cuda, cuda:N (default: train.device).")
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1)
+@_out_option
+@_resume_option
+@_device_option
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@_friendly
+def run(args, out, resume, device, no_progress):
+    """Train, evaluate and sample: PIPELINE.yaml [key.path=value ...] -> a run directory."""
+    from .runner import run_pipeline
+
+    config, run_dir = _load_for_run(args, out, resume)
+    run_pipeline(config, run_dir, resume=resume, device=device, progress=False if no_progress else None,
+                 log=click.echo)
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1)
+@_out_option
+@_resume_option
+@_device_option
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@_friendly
+def train(args, out, resume, device, no_progress):
+    """Train only: PIPELINE.yaml [key.path=value ...] -> checkpoint, metrics and plot."""
+    from .training import train_pipeline
+
+    config, run_dir = _load_for_run(args, out, resume)
+    pipeline = Pipeline.build(config, device=device)
+    click.echo(f"run directory: {run_dir}")
+    _, result = train_pipeline(pipeline, run_dir, resume=resume, progress=False if no_progress else None)
+    click.echo(f"trained {result.step} steps in {result.seconds:.1f} s ({result.tokens_per_second:,.0f} tokens/s); "
+               f"validation {result.validation['bits_per_token']:.4f} bits/token; checkpoint {result.checkpoint}")
+
+
+def _source(run_dir: str | None, ckpt: str | None) -> Path:
+    if (run_dir is None) == (ckpt is None):
+        raise ConfigError("give exactly one of --run DIR or --ckpt FILE")
+    return Path(ckpt) if ckpt else Path(run_dir) / CHECKPOINT_NAME
+
+
+@click.command("eval")
+@click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False), help="A run directory.")
+@click.option("--ckpt", type=click.Path(exists=True, dir_okay=False), help="A checkpoint file.")
+@click.option("--split", type=click.Choice(["validation", "test", "train"]), help="Default: eval.split.")
+@click.option("--time-samples", type=click.IntRange(min=1), help="Time draws per sequence.")
+@click.option("--time-sampling", type=click.Choice(["iid", "antithetic"]))
+@click.option("--discrete-steps", type=click.IntRange(min=1), help="Also the discrete-time ELBO with T steps.")
+@click.option("--max-sequences", type=click.IntRange(min=1))
+@click.option("--batch-size", type=click.IntRange(min=1), help="Rows per denoiser call.")
+@click.option("--seed", type=int)
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), help="JSON file (default: RUN/eval.json).")
+@_device_option
+@_friendly
+def eval_command(run_dir, ckpt, split, time_samples, time_sampling, discrete_steps, max_sequences, batch_size,
+                 seed, out_file, device):
+    """The ELBO bound (nats, bits per token, perplexity) of a trained model on a data split."""
+    from .runner import evaluate_pipeline, format_eval, load_run
+
+    pipeline, checkpoint = load_run(_source(run_dir, ckpt), load_data=True, device=device)
+    result = evaluate_pipeline(pipeline, split=split, time_samples=time_samples, time_sampling=time_sampling,
+                               discrete_steps=discrete_steps, max_sequences=max_sequences, batch_size=batch_size,
+                               seed=seed)
+    result["checkpoint_step"] = checkpoint.step
+    click.echo(format_eval(result))
+    target = Path(out_file) if out_file else (Path(run_dir) / "eval.json" if run_dir else None)
+    if target is not None:
+        atomic_write_text(target, json.dumps(result, indent=1))
+        click.echo(f"wrote {target}")
+
+
+@click.command()
+@click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False), help="A run directory.")
+@click.option("--ckpt", type=click.Path(exists=True, dir_okay=False), help="A checkpoint file.")
+@click.option("--sampler", "sampler_name", help="Sampler plugin (default: the run's sampler).")
+@click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE", help="Sampler parameter (repeatable).")
+@click.option("-n", "--num-samples", type=click.IntRange(min=1))
+@click.option("--length", type=click.IntRange(min=1), help="Tokens per sample (default: sample.length or data.seq_len).")
+@click.option("--prompt", help="Fixed prefix text.")
+@click.option("--infill", help="Template; the blank character marks the positions to generate.")
+@click.option("--blank", help="Blank character of --infill (default '_').")
+@click.option("--seed", type=int)
+@click.option("--show/--no-show", default=None, help="Print the denoising trajectory of the first sample.")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), help="Samples file (default: RUN/samples.txt).")
+@_device_option
+@_friendly
+def sample(run_dir, ckpt, sampler_name, params, num_samples, length, prompt, infill, blank, seed, show, out_file,
+           device):
+    """Draw samples from a trained model; reports NFE, wall time and tokens/s."""
+    from .runner import format_samples, load_run, make_sampler, sample_pipeline, write_samples
+
+    pipeline, _ = load_run(_source(run_dir, ckpt), load_data=False, device=device)
+    sampler, spec = make_sampler(pipeline, sampler_name, params)
+    samples = sample_pipeline(pipeline, sampler=sampler, sampler_spec=spec, num_samples=num_samples, length=length,
+                              prompt=prompt, infill=infill, blank=blank, seed=seed, show=show)
+    click.echo(format_samples(samples))
+    if samples.trajectory:
+        click.echo("denoising trajectory of sample 0 (█ = mask):")
+        click.echo(samples.trajectory)
+    target = Path(out_file) if out_file else (Path(run_dir) / "samples.txt" if run_dir else None)
+    if target is not None:
+        paths = write_samples(samples, target, pipeline.resolved_config())
+        click.echo(f"wrote {paths[0]} and {paths[1]}")
+
+
+@click.group()
+def config():
+    """Validate, show or describe pipeline files."""
+
+
+@config.command(context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1)
+@click.option("--no-data", is_flag=True, help="Check the file only; do not load the data's vocabulary.")
+@_friendly
+def validate(args, no_data):
+    """Check PIPELINE.yaml [overrides]: schema, plugin parameters, vocabulary and lengths."""
+    path, overrides = _split_args(args, need_file=True)
+    cfg = load_pipeline(path, overrides)
+    if not no_data:
+        pipeline = Pipeline.build(cfg, device="cpu")
+        click.echo(f"{path}: valid (vocabulary {pipeline.vocab_size}, "
+                   f"{sum(p.numel() for p in pipeline.model.parameters()):,} model parameters)")
+    else:
+        click.echo(f"{path}: valid")
+
+
+@config.command(context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of YAML.")
+@click.option("--no-data", is_flag=True, help="Do not load the data (vocabulary and alphabet stay unresolved).")
+@_friendly
+def show(args, as_json, no_data):
+    """Print the fully resolved config of PIPELINE.yaml [overrides]."""
+    from .runner import config_text
+
+    path, overrides = _split_args(args, need_file=True)
+    cfg = load_pipeline(path, overrides)
+    resolved = cfg.model_dump(mode="json") if no_data else Pipeline.build(cfg, device="cpu").resolved_config()
+    click.echo(config_text(resolved, as_json), nl=False)
+
+
+@config.command()
+def schema():
+    """Print the JSON Schema of pipeline files (with the installed plugins' parameters)."""
+    click.echo(json.dumps(pipeline_json_schema(), indent=2))
+
+
+@ddkit.hookimpl
+def register_commands(cli):
+    for command in (run, train, eval_command, sample, config):
+        cli.add_command(command)

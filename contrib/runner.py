@@ -1,0 +1,317 @@
+"""The main job and its parts: train -> evaluate -> sample -> run directory.
+
+A run directory holds::
+
+    config.yaml              the fully resolved pipeline config
+    metrics.jsonl            training and validation metrics, one JSON object per line
+    training_curve.png       bits per token against the step
+    checkpoint.safetensors   weights, EMA weights, optimizer and RNG state, resolved config
+    eval.json                the ELBO bound on the evaluation split
+    samples.txt / .json      decoded samples (the JSON adds the config, NFE, timing, token ids)
+    trajectory.txt           the first sample filling in, step by step
+    report.md                a short summary of all of the above
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import ddkit
+from ddkit.config import ConfigError, PipelineConfig, load_pipeline, parse_override, to_yaml
+from ddkit.registry import split_spec
+
+from .checkpoint import CHECKPOINT_NAME, Checkpoint, atomic_write_text, load_checkpoint
+from .evaluate import estimate_elbo
+from .pipeline import AutocastDenoiser, Pipeline, _with
+from .sampling import Samples, draw_samples
+from .training import TrainResult, train_pipeline
+
+
+def choose_run_dir(config: PipelineConfig, out: str | None = None, *, resume: bool = False) -> tuple[Path, str | None]:
+    """The run directory: ``out``, else ``output.dir``, else ``runs/<name>``. A fresh run
+    never mixes with an existing one: a non-empty directory gets a ``-2``, ``-3``, ...
+    suffix (with a note); ``resume`` needs the directory's checkpoint."""
+    base = Path(out or config.output.dir or f"runs/{config.name}")
+    if resume:
+        if not (base / CHECKPOINT_NAME).is_file():
+            raise ConfigError(f"--resume: no checkpoint in {base} (give the run directory with --out or output.dir)")
+        return base, None
+    if not base.exists() or not any(base.iterdir()):
+        return base, None
+    n = 2
+    while Path(f"{base}-{n}").exists():
+        n += 1
+    chosen = Path(f"{base}-{n}")
+    return chosen, f"{base} exists; writing this run to {chosen}"
+
+
+def load_run(source: str | Path, *, load_data: bool = False, device: str | None = None,
+             overrides: list[str] | tuple[str, ...] = ()) -> tuple[Pipeline, Checkpoint]:
+    """Rebuild a pipeline from a run directory or a checkpoint file, with the checkpoint's
+    weights (EMA if present) in ``pipeline.model``."""
+    ckpt = load_checkpoint(source)
+    config = load_pipeline(ckpt.config, overrides)
+    pipeline = Pipeline.build(config, load_data=load_data, device=device)
+    pipeline.model.load_state_dict(ckpt.weights(prefer_ema=True))
+    loss_state = ckpt.group("loss")
+    if loss_state:
+        pipeline.loss.load_state_dict(loss_state)
+    pipeline.model.eval()
+    return pipeline, ckpt
+
+
+def make_sampler(pipeline: Pipeline, name: str | None = None, params: list[str] | tuple[str, ...] = ()) -> tuple[ddkit.Sampler, dict]:
+    """The pipeline's sampler, or sampler ``name``, with ``key=value`` parameter overrides."""
+    base_name, base_params = split_spec(pipeline.config.sampler)
+    spec = {"name": base_name, **base_params} if name in (None, base_name) else {"name": name}
+    for text in params:
+        key, value = parse_override(text)
+        spec[key] = value
+    spec.pop("parameterization", None)
+    full = _with("sampler", spec, parameterization=pipeline.config.parameterization)
+    try:
+        sampler = ddkit.build("sampler", full)
+    except (ddkit.UnknownComponentError, ddkit.ParameterError) as exc:
+        raise ConfigError(f"sampler: {exc}") from None
+    return sampler, spec
+
+
+def evaluate_pipeline(pipeline: Pipeline, *, split: str | None = None, time_samples: int | None = None,
+                      time_sampling: str | None = None, discrete_steps: int | None = None,
+                      max_sequences: int | None = None, batch_size: int | None = None,
+                      seed: int | None = None) -> dict[str, Any]:
+    """The ELBO bound of ``pipeline.model`` on a split (defaults from the ``eval`` section)."""
+    cfg = pipeline.config.eval
+    split = split or cfg.split
+    time_samples = time_samples or cfg.time_samples
+    time_sampling = time_sampling or cfg.time_sampling
+    discrete_steps = discrete_steps if discrete_steps is not None else cfg.discrete_steps
+    max_sequences = max_sequences if max_sequences is not None else cfg.max_sequences
+    batch_size = batch_size or cfg.batch_size
+    seed = pipeline.config.seed if seed is None else seed
+    try:
+        chunks = pipeline.data[split].chunks(pipeline.config.data.seq_len)
+    except KeyError as exc:
+        raise ConfigError(f"eval.split: {exc.args[0]}") from None
+    if max_sequences is not None:
+        chunks = chunks[:max_sequences]
+    if chunks.shape[0] == 0:
+        raise ConfigError(f"eval.split: the {split} split has no complete chunk of data.seq_len tokens")
+    model = pipeline.model
+    was_training = model.training
+    model.eval()
+    denoiser = AutocastDenoiser(model, pipeline)
+    device = pipeline.device
+    start = time.perf_counter()
+    out: dict[str, Any] = {"split": split, "time_sampling": time_sampling}
+    generator = torch.Generator(device=device).manual_seed(seed + 4)
+    estimate = estimate_elbo(denoiser, pipeline.eval_loss(time_sampling=time_sampling), chunks,
+                             time_samples=time_samples, batch_size=batch_size, generator=generator, device=device)
+    out["continuous"] = estimate.to_json()
+    if discrete_steps is not None:
+        generator = torch.Generator(device=device).manual_seed(seed + 5)
+        discrete = estimate_elbo(denoiser, pipeline.eval_loss(time_sampling=time_sampling, discrete_steps=discrete_steps),
+                                 chunks, time_samples=time_samples, batch_size=batch_size, generator=generator,
+                                 device=device)
+        out["discrete"] = {"steps": discrete_steps, **discrete.to_json()}
+    model.train(was_training)
+    info = pipeline.data.info if pipeline.data is not None else {}
+    if "exact_entropy_nats_per_token" in info:
+        out["exact_entropy"] = {"nats_per_token": info["exact_entropy_nats_per_token"],
+                                "bits_per_token": info["exact_entropy_bits_per_token"],
+                                "note": "exact entropy of the data per token: the lowest value the bound can reach"}
+    out["seconds"] = time.perf_counter() - start
+    return out
+
+
+def format_eval(result: dict[str, Any]) -> str:
+    c = result["continuous"]
+    lines = [f"ELBO on {result['split']} ({c['sequences']} sequences x {c['tokens_per_sequence']} tokens, "
+             f"{c['time_samples']} time samples each):",
+             f"  continuous time: {c['nats_per_token']:.4f} ± {c['standard_error']:.4f} nats/token = "
+             f"{c['bits_per_token']:.4f} ± {c['bits_standard_error']:.4f} bits/token, perplexity ≤ {c['perplexity']:.3f}"]
+    if "discrete" in result:
+        d = result["discrete"]
+        lines.append(f"  discrete time (T={d['steps']}): {d['nats_per_token']:.4f} ± {d['standard_error']:.4f} "
+                     f"nats/token = {d['bits_per_token']:.4f} bits/token")
+    if "exact_entropy" in result:
+        e = result["exact_entropy"]
+        lines.append(f"  exact data entropy: {e['nats_per_token']:.4f} nats/token = {e['bits_per_token']:.4f} bits/token")
+    lines.append("  (upper bounds on the negative log-likelihood per token)")
+    return "\n".join(lines)
+
+
+def sample_pipeline(pipeline: Pipeline, *, sampler: ddkit.Sampler | None = None, sampler_spec: dict | None = None,
+                    num_samples: int | None = None, length: int | None = None, prompt: str | None = None,
+                    infill: str | None = None, blank: str | None = None, seed: int | None = None,
+                    show: bool | None = None) -> Samples:
+    """Draw samples from ``pipeline.model`` (defaults from the ``sample`` section)."""
+    cfg = pipeline.config.sample
+    sampler = sampler or pipeline.sampler
+    if prompt is None and infill is None:
+        prompt, infill = cfg.prompt, cfg.infill
+    if infill is None and length is None:
+        length = cfg.length or pipeline.config.data.seq_len
+    max_len = getattr(pipeline.model, "max_seq_len", None)
+    want = len(infill) if infill is not None else length
+    if max_len is not None and want > max_len:
+        raise ConfigError(f"sample.length: {want} is above model.max_seq_len={max_len}")
+    model = pipeline.model
+    model.eval()
+    try:
+        samples = draw_samples(AutocastDenoiser(model, pipeline), pipeline.process, sampler, pipeline.tokenizer,
+                               num_samples=num_samples or cfg.num_samples, length=length, prompt=prompt,
+                               infill=infill, blank=blank or cfg.blank, seed=cfg.seed if seed is None else seed,
+                               show=cfg.show if show is None else show, device=pipeline.device)
+    except ValueError as exc:
+        raise ConfigError(f"sample: {exc}") from None
+    samples.info["sampler"] = sampler_spec or pipeline.config.sampler
+    return samples
+
+
+SEPARATOR = "\n" + "─" * 72 + "\n"
+
+
+def write_samples(samples: Samples, path: Path, config: dict[str, Any]) -> tuple[Path, Path]:
+    """``path`` (text, samples separated by a rule) and ``path.json`` (with the config)."""
+    path = Path(path)
+    atomic_write_text(path, SEPARATOR.join(samples.texts) + "\n")
+    json_path = path.with_suffix(".json")
+    atomic_write_text(json_path, json.dumps({**samples.to_json(), "config": config}, indent=1, ensure_ascii=False))
+    return path, json_path
+
+
+def format_samples(samples: Samples) -> str:
+    lines = [f"{len(samples.texts)} samples, NFE {samples.nfe}, {samples.steps} steps, "
+             f"{samples.seconds:.2f} s, {samples.tokens_per_second:,.0f} tokens/s"]
+    for i, text in enumerate(samples.texts):
+        lines.append(f"[{i}] {text}")
+    return "\n".join(lines)
+
+
+def word_check(texts: list[str], reference: str) -> dict[str, Any] | None:
+    """Share of the alphabetic words (2+ letters) in ``texts`` that occur in ``reference``."""
+    words = [w for text in texts for w in re.findall(r"[A-Za-z]{2,}", text)]
+    if not words:
+        return None
+    known = set(re.findall(r"[A-Za-z]{2,}", reference))
+    hits = sum(w in known for w in words)
+    return {"words": len(words), "known": hits, "fraction": hits / len(words)}
+
+
+def reference_text(pipeline: Pipeline, limit: int = 5_000_000) -> str | None:
+    """Decoded training text (at most ``limit`` tokens) of a text data set, for :func:`word_check`."""
+    if pipeline.data is None or not pipeline.data.info.get("text"):
+        return None
+    stream = pipeline.data["train"].tokens
+    return pipeline.tokenizer.decode(stream[:limit]) if stream.dim() == 1 else None
+
+
+def write_report(run_dir: Path, pipeline: Pipeline, *, train: TrainResult | None, evaluation: dict[str, Any],
+                 samples: Samples, timings: dict[str, float], words: dict[str, Any] | None) -> Path:
+    cfg = pipeline.config
+    params = sum(p.numel() for p in pipeline.model.parameters())
+    c = evaluation["continuous"]
+    lines = [f"# ddkit run: {cfg.name}", "",
+             f"- data: `{json.dumps(cfg.data.dataset)}`, tokenizer `{cfg.data.tokenizer['name']}` "
+             f"(V = {pipeline.vocab_size}), sequences of {cfg.data.seq_len} tokens",
+             f"- model: `{split_spec(cfg.model)[0]}` with {params:,} parameters; process "
+             f"`{json.dumps(cfg.process)}`; loss `{split_spec(cfg.loss)[0]}`",
+             f"- device: {pipeline.device}; wall time: "
+             + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()), ""]
+    if train is not None:
+        lines += ["## Training", "",
+                  f"{train.step} steps, {train.tokens_per_second:,.0f} tokens/s; final validation "
+                  f"(EMA, {cfg.train.eval_batches} batches): {train.validation['bits_per_token']:.4f} bits/token.",
+                  "", "![training curve](training_curve.png)", ""]
+    lines += ["## Evaluation", "", f"Split `{evaluation['split']}`, {c['sequences']} sequences of "
+              f"{c['tokens_per_sequence']} tokens, {c['time_samples']} time samples each "
+              f"({evaluation['time_sampling']}). Upper bounds on the negative log-likelihood:", "",
+              "| bound | nats/token | bits/token | perplexity |", "|---|---|---|---|",
+              f"| continuous-time NELBO | {c['nats_per_token']:.4f} ± {c['standard_error']:.4f} | "
+              f"{c['bits_per_token']:.4f} ± {c['bits_standard_error']:.4f} | {c['perplexity']:.3f} |"]
+    if "discrete" in evaluation:
+        d = evaluation["discrete"]
+        lines.append(f"| discrete-time NELBO, T = {d['steps']} | {d['nats_per_token']:.4f} ± {d['standard_error']:.4f} | "
+                     f"{d['bits_per_token']:.4f} ± {d['bits_standard_error']:.4f} | {d['perplexity']:.3f} |")
+    if "exact_entropy" in evaluation:
+        e = evaluation["exact_entropy"]
+        lines.append(f"| exact data entropy | {e['nats_per_token']:.4f} | {e['bits_per_token']:.4f} | "
+                     f"{math.exp(e['nats_per_token']):.3f} |")
+    lines += ["", "## Samples", "",
+              f"Sampler `{json.dumps(samples.info.get('sampler'))}`: {len(samples.texts)} samples of "
+              f"{samples.info.get('length')} tokens, NFE {samples.nfe}, {samples.seconds:.2f} s "
+              f"({samples.tokens_per_second:,.0f} tokens/s)."]
+    if words is not None:
+        lines.append(f"{words['known']} of {words['words']} words ({100 * words['fraction']:.0f}%) "
+                     f"in the samples occur in the training text.")
+    lines += [""] + [f"```\n{text}\n```" for text in samples.texts[:4]]
+    if samples.trajectory:
+        lines += ["", "## Denoising trajectory (first sample; █ = mask)", "", "```", samples.trajectory, "```"]
+    lines += ["", "Files: config.yaml, metrics.jsonl, training_curve.png, checkpoint.safetensors, eval.json, "
+              "samples.txt, samples.json, trajectory.txt."]
+    path = Path(run_dir) / "report.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    train: TrainResult
+    evaluation: dict[str, Any]
+    samples: Samples
+    timings: dict[str, float] = field(default_factory=dict)
+    words: dict[str, Any] | None = None
+
+
+def run_pipeline(config: PipelineConfig, run_dir: Path, *, resume: bool = False, progress: bool | None = None,
+                 device: str | None = None, log=print) -> RunResult:
+    """Train, evaluate with the EMA weights, sample, and write the run directory."""
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    pipeline = Pipeline.build(config, device=device)
+    timings["setup"] = time.perf_counter() - start
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log(f"run directory: {run_dir}")
+    start = time.perf_counter()
+    trainer, train = train_pipeline(pipeline, run_dir, resume=resume, progress=progress)
+    timings["train"] = time.perf_counter() - start
+    log(f"trained {train.step} steps in {train.seconds:.1f} s ({train.tokens_per_second:,.0f} tokens/s); "
+        f"validation {train.validation['bits_per_token']:.4f} bits/token")
+    pipeline.model = trainer.eval_model
+    start = time.perf_counter()
+    evaluation = evaluate_pipeline(pipeline)
+    evaluation["checkpoint_step"] = train.step
+    atomic_write_text(run_dir / "eval.json", json.dumps(evaluation, indent=1))
+    timings["eval"] = time.perf_counter() - start
+    log(format_eval(evaluation))
+    start = time.perf_counter()
+    samples = sample_pipeline(pipeline)
+    write_samples(samples, run_dir / "samples.txt", pipeline.resolved_config())
+    if samples.trajectory:
+        atomic_write_text(run_dir / "trajectory.txt", samples.trajectory + "\n")
+    timings["sample"] = time.perf_counter() - start
+    reference = reference_text(pipeline)
+    words = word_check(samples.texts, reference) if reference else None
+    write_report(run_dir, pipeline, train=train, evaluation=evaluation, samples=samples, timings=timings, words=words)
+    log(format_samples(samples))
+    if samples.trajectory:
+        log("denoising trajectory of sample 0 (█ = mask):\n" + samples.trajectory)
+    if words is not None:
+        log(f"{100 * words['fraction']:.0f}% of the {words['words']} words in the samples occur in the training text")
+    log(f"report: {run_dir / 'report.md'}")
+    return RunResult(run_dir, train, evaluation, samples, timings, words)
+
+
+def config_text(config: dict[str, Any], as_json: bool = False) -> str:
+    return json.dumps(config, indent=2, ensure_ascii=False) if as_json else to_yaml(config)

@@ -1,0 +1,129 @@
+"""Prompts, decoding and the denoising trajectory display.
+
+* :func:`build_prompt` turns a prefix (``prompt``) or an infill template (``infill``, the
+  blank character marking generated positions) into the sampler's prompt tensor, where
+  ``-1`` means "generate" and any other id is kept fixed;
+* :func:`render_trajectory` prints one sample at several steps, masks drawn as ``█``, the
+  way the lecture's slides show a sequence filling in.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+import ddkit
+
+from .tokenizers import Tokenizer
+
+MASK_GLYPH = "█"
+NEWLINE_GLYPH = "⏎"
+
+
+def build_prompt(tokenizer: Tokenizer, num_samples: int, length: int | None, *, prompt: str | None = None,
+                 infill: str | None = None, blank: str = "_") -> tuple[Tensor | None, int]:
+    """``(prompt tensor [num_samples, length] or None, length)``."""
+    if prompt is not None and infill is not None:
+        raise ValueError("give either a prompt prefix or an infill template, not both")
+    if infill is not None:
+        if length is not None and length != len(infill):
+            raise ValueError(f"the infill template has {len(infill)} characters but length={length}")
+        row = []
+        for i, char in enumerate(infill):
+            if char == blank:
+                row.append(-1)
+            else:
+                ids = tokenizer.encode(char).tolist()
+                if len(ids) != 1:
+                    raise ValueError(f"infill character {char!r} at position {i} is not one token of this "
+                                     f"tokenizer; use a char tokenizer or ASCII text")
+                row.append(ids[0])
+        return torch.tensor(row, dtype=torch.long).expand(num_samples, -1).clone(), len(infill)
+    if length is None:
+        raise ValueError("length is required without an infill template")
+    if prompt is None or prompt == "":
+        return None, length
+    ids = tokenizer.encode(prompt).long()
+    if ids.numel() > length:
+        raise ValueError(f"the prompt is {ids.numel()} tokens, longer than the sample length {length}")
+    out = torch.full((num_samples, length), -1, dtype=torch.long)
+    out[:, : ids.numel()] = ids
+    return out, length
+
+
+def printable(text: str) -> str:
+    """One line: newlines and tabs as visible glyphs."""
+    return text.replace("\n", NEWLINE_GLYPH).replace("\t", "⇥")
+
+
+def render_state(tokenizer: Tokenizer, tokens: Tensor, mask_id: int | None) -> str:
+    """One sequence with masks as :data:`MASK_GLYPH`."""
+    V = tokenizer.vocab_size
+    parts = [MASK_GLYPH if (mask_id is not None and t == mask_id) or t >= V else tokenizer.token_text(t)
+             for t in tokens.tolist()]
+    return printable("".join(parts))
+
+
+def render_trajectory(tokenizer: Tokenizer, trajectory: list[Tensor], mask_id: int | None, *,
+                      index: int = 0, snapshots: int = 9) -> str:
+    """Sample ``index`` at ``snapshots`` evenly spaced steps, from all-noise to the result."""
+    if not trajectory:
+        return ""
+    last = len(trajectory) - 1
+    picks = sorted({round(i * last / max(1, snapshots - 1)) for i in range(snapshots)})
+    width = len(str(last))
+    lines = []
+    for step in picks:
+        state = trajectory[step][index]
+        masked = int((state == mask_id).sum()) if mask_id is not None else 0
+        lines.append(f"step {step:>{width}}/{last} {masked:>4} masked │ {render_state(tokenizer, state, mask_id)}")
+    return "\n".join(lines)
+
+
+@dataclass
+class Samples:
+    texts: list[str]
+    tokens: Tensor
+    nfe: int
+    steps: int
+    seconds: float
+    trajectory: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens.numel() / max(self.seconds, 1e-9)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"samples": self.texts, "tokens": self.tokens.tolist(), "nfe": self.nfe, "steps": self.steps,
+                "seconds": self.seconds, "tokens_per_s": self.tokens_per_second, **self.info}
+
+
+def draw_samples(denoiser: ddkit.Denoiser, process: ddkit.Process, sampler: ddkit.Sampler, tokenizer: Tokenizer,
+                 *, num_samples: int, length: int | None, prompt: str | None = None, infill: str | None = None,
+                 blank: str = "_", seed: int = 0, show: bool = False,
+                 device: torch.device | str = "cpu") -> Samples:
+    """Sample, decode, time it, and (with ``show``) render the first sample's trajectory."""
+    prompt_ids, length = build_prompt(tokenizer, num_samples, length, prompt=prompt, infill=infill, blank=blank)
+    device = torch.device(device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    result = sampler.sample(denoiser, process, num_samples=num_samples, length=length,
+                            prompt=None if prompt_ids is None else prompt_ids.to(device),
+                            generator=generator, device=device, record_trajectory=show)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    tokens = result.tokens.cpu()
+    texts = [tokenizer.decode(row) for row in tokens]
+    trajectory = None
+    if show and result.trajectory:
+        trajectory = render_trajectory(tokenizer, [s.cpu() for s in result.trajectory], process.mask_id)
+    return Samples(texts, tokens, result.nfe, result.steps, seconds, trajectory,
+                   info={"seed": seed, "prompt": prompt, "infill": infill, "length": length})
