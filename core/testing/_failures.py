@@ -62,7 +62,8 @@ def fail(message: str, **counterexample: Any) -> None:
 def assert_close(actual: Tensor, expected: Tensor, what: str, *, atol: float, rtol: float = 0.0,
                  **context: Any) -> None:
     r"""Fail unless :math:`|a - e| \le \mathrm{atol} + \mathrm{rtol}\,|e|` everywhere (equal
-    infinities count as close); the counterexample is the worst entry and ``context``."""
+    infinities count as close); the counterexample is the worst entry and ``context`` (a
+    context tensor shaped like a prefix of ``actual`` is shown at the failing index)."""
     actual = torch.as_tensor(actual).to(torch.float64)
     expected = torch.as_tensor(expected).to(torch.float64)
     if actual.shape != expected.shape:
@@ -77,4 +78,17 @@ def assert_close(actual: Tensor, expected: Tensor, what: str, *, atol: float, rt
         index = tuple(int(i) for i in torch.unravel_index(excess.argmax(), excess.shape)) if excess.dim() else ()
         fail(f"{what}: |actual - expected| = {float(error[index]):.3g} exceeds "
              f"{atol:g} + {rtol:g}|expected| at index {list(index)}",
-             actual=actual[index], expected=expected[index], **context)
+             actual=actual[index], expected=expected[index],
+             **{key: _at(value, index, actual.shape) for key, value in context.items()})
+
+
+def _at(value: Any, index: tuple[int, ...], shape: torch.Size) -> Any:
+    """The part of a context tensor that lines up with the failing index: its leading axes
+    that match the leading axes of the compared shape are indexed (e.g. the times of a batch
+    of matrices, or the row of per-row inputs)."""
+    if not isinstance(value, Tensor):
+        return value
+    lead = 0
+    while lead < min(value.dim(), len(shape)) and value.shape[lead] == shape[lead]:
+        lead += 1
+    return value[index[:lead]] if lead else value

@@ -69,8 +69,8 @@ class Check:
 
     @property
     def description(self) -> str:
-        """The first line of the check's docstring: the property it checks."""
-        return (self.func.__doc__ or "").strip().splitlines()[0] if self.func.__doc__ else ""
+        """The first paragraph of the check's docstring: the property it checks."""
+        return " ".join((self.func.__doc__ or "").strip().split("\n\n")[0].split())
 
     def __repr__(self) -> str:
         return self.name

@@ -343,9 +343,13 @@ def forward_backward(initial: Tensor, transition: Tensor, emission: Tensor, chan
 def channel_likelihood(process: Process, x_t: Tensor, t: Tensor) -> Tensor:
     r""":math:`C[b, n, v] = q(x_t^{b,n} \mid x_0 = v) = \bar Q(t_{b,n})_{v, x_t^{b,n}}` from
     the process's dense :meth:`~ddkit.Process.marginal_matrix` (one matrix per distinct
-    time), ``[B, N, V]`` float64; ``t`` has shape ``[]``, ``[B]`` or ``[B, N]``."""
+    time), ``[B, N, V]`` float64 on the CPU; ``t`` has shape ``[]``, ``[B]`` or ``[B, N]``."""
     V = process.vocab_size
-    times = per_token(t, x_t).cpu()
+    t = torch.as_tensor(t, dtype=torch.float64).cpu()
+    if t.dim() == 0:  # one matrix for every token
+        clean_rows = process.marginal_matrix(t).to(torch.float64).cpu()[:V, :]  # [V, S]
+        return clean_rows[:, x_t.cpu()].permute(1, 2, 0)
+    times = per_token(t, x_t.cpu())
     unique, inverse = torch.unique(times, return_inverse=True)
     clean_rows = process.marginal_matrix(unique).to(torch.float64).cpu()[:, :V, :]  # [U, V, S]
     return clean_rows[inverse, :, x_t.cpu()]
@@ -391,12 +395,12 @@ class OracleDenoiser:
             raise ValueError(f"x_t entries must be states in 0..{S - 1}")
         t = torch.as_tensor(t)
         if self.time_independent:
-            t = torch.full(x_t.shape, self.reference_time, dtype=torch.float64)
+            t = torch.tensor(self.reference_time, dtype=torch.float64)
         channel = channel_likelihood(self.process, x_t, t)
         dead = channel.sum(-1) <= 0
         if bool(dead.any()):
             b, n = (int(i) for i in dead.nonzero()[0])
-            when = per_token(t, x_t)[b, n]
+            when = per_token(t, x_t.cpu())[b, n]
             raise ValueError(
                 f"x_t[{b}, {n}] = {int(x_t[b, n])} is impossible under the process at "
                 f"t = {float(when)}; a time-dependent oracle needs the true t (use a "
