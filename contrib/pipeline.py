@@ -114,6 +114,7 @@ class Pipeline:
         process = ddkit.build("process", _with("process", config.process, vocab_size=V))
         parameterization = ddkit.build("parameterization", config.parameterization)
         device_ = resolve_device(device or config.train.device)
+        torch.manual_seed(config.seed)  # the network's initialisation follows the pipeline's seed
         model = ddkit.build("model", _with("model", config.model, vocab_size=V))
         config.process = _with("process", config.process, vocab_size=V)
         config.model = _with("model", config.model, vocab_size=V)

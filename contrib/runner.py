@@ -76,9 +76,8 @@ def make_sampler(pipeline: Pipeline, name: str | None = None, params: list[str] 
         key, value = parse_override(text)
         spec[key] = value
     spec.pop("parameterization", None)
-    full = _with("sampler", spec, parameterization=pipeline.config.parameterization)
     try:
-        sampler = ddkit.build("sampler", full)
+        sampler = ddkit.build("sampler", _with("sampler", spec, parameterization=pipeline.config.parameterization))
     except (ddkit.UnknownComponentError, ddkit.ParameterError) as exc:
         raise ConfigError(f"sampler: {exc}") from None
     return sampler, spec
