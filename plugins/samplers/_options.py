@@ -1,10 +1,12 @@
-"""Parameters that every token-sampling sampler shares (temperature, top-k, top-p)."""
+"""Parameters that every token-sampling sampler shares (temperature, top-k, top-p), and the
+kernel backend for samplers whose hot step runs through :mod:`ddkit.kernels`."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 import ddkit
+import ddkit.kernels
 
 
 class TokenSamplingParams(BaseModel):
@@ -13,3 +15,12 @@ class TokenSamplingParams(BaseModel):
     top_k: int | None = Field(None, ge=1)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     parameterization: ddkit.Component("parameterization") = "mean"
+
+
+class KernelSamplingParams(TokenSamplingParams):
+    backend: str = Field("auto", description="kernel backend: auto, torch, numba or an installed one")
+
+    @field_validator("backend")
+    @classmethod
+    def _installed(cls, name: str) -> str:
+        return ddkit.kernels.check_backend_name(name)

@@ -9,6 +9,12 @@ masked w.p. :math:`\frac{1-\alpha_s}{1-\alpha_t}` and becomes :math:`j` w.p.
 
 * :math:`\mu_\theta` is filtered by temperature, top-k and top-p; categories are drawn in
   float64 (:func:`ddkit.categorical.sample_categorical`);
+* for an absorbing process (masked diffusion) the step runs as one fused kernel,
+  :func:`ddkit.kernels.masked_step`: each free masked position unmasks iff
+  :math:`u < \frac{\alpha_s - \alpha_t}{1 - \alpha_t}` and then draws its token from the
+  filtered :math:`\mu_\theta` with a second uniform; only the unmasking rows of the denoiser
+  output are read. ``backend`` picks the kernel implementation (``auto``: Numba for CPU
+  tensors, torch on GPU); all backends give identical samples for one seed;
 * the last step denoises to data: extra states (the mask) get probability zero there, and
   ``final_argmax`` takes the most likely token instead of sampling;
 * ``cache``: with a parameterization without time conditioning the denoiser is called only
@@ -24,22 +30,24 @@ import torch
 from pydantic import Field
 
 import ddkit
+import ddkit.kernels
 from ddkit.categorical import filter_logits, sample_categorical
 
-from ._options import TokenSamplingParams
+from ._options import KernelSamplingParams
 
 
 class AncestralSampler(ddkit.Sampler):
     def __init__(self, steps: int = 128, grid: Literal["uniform", "cosine"] = "uniform",
                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                  cache: bool = True, final_argmax: bool = False,
-                 parameterization: ddkit.Parameterization | str = "mean"):
+                 parameterization: ddkit.Parameterization | str = "mean", backend: str = "auto"):
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         self.steps, self.grid = int(steps), grid
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
         self.cache, self.final_argmax = cache, final_argmax
         self.parameterization = ddkit.build("parameterization", parameterization)
+        self.backend = ddkit.kernels.check_backend_name(backend)
 
     @torch.no_grad()
     def sample(self, denoiser, process, *, num_samples=None, length=None, prompt=None,
@@ -50,32 +58,54 @@ class AncestralSampler(ddkit.Sampler):
         calls = ddkit.DenoiserCalls(denoiser, process, self.parameterization, cache=self.cache)
         grid = ddkit.time_grid(self.steps, self.grid, device=x.device)
         trajectory = [x.clone()] if record_trajectory else None
-        batch, V = x.shape[0], process.vocab_size
+        batch = x.shape[0]
         absorbing = process.mask_id is not None
+        # the fused kernel needs the masked posterior with one alpha per sequence
+        fused = absorbing and "absorbing" in process.capabilities and \
+            process.schedule.alpha(grid[:1]).shape == (1,)
         steps_taken = 0
         for i in range(self.steps):
             if absorbing and not bool(((x == process.mask_id) & ~fixed).any()):
                 break
             t, s = grid[i].expand(batch), grid[i + 1].expand(batch)
             last = i == self.steps - 1
-            logits = filter_logits(calls(x, t), temperature=self.temperature,
-                                   top_k=self.top_k, top_p=self.top_p)
-            probs = process.posterior_probs(x, logits.softmax(-1), s, t)
-            if last:
-                probs[..., V:] = 0.0  # the final state is data
-            if last and self.final_argmax:
-                new = probs.argmax(-1)
-            else:
-                new = sample_categorical(probs, generator=generator)
-            x = torch.where(fixed, x, new)
+            step = self._masked_step if fused else self._posterior_step
+            x = step(calls(x, t), x, fixed, process, s, t, last, generator)
             steps_taken = i + 1
             if trajectory is not None:
                 trajectory.append(x.clone())
         return ddkit.SampleResult(tokens=x, nfe=calls.nfe, steps=steps_taken,
                                   trajectory=trajectory, fixed=fixed)
 
+    def _posterior_step(self, log_mean, x, fixed, process, s, t, last, generator):
+        """Any process: sample the posterior over all states (float64, ``[B, N, S]``)."""
+        logits = filter_logits(log_mean, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
+        probs = process.posterior_probs(x, logits.softmax(-1), s, t)
+        if last:
+            probs[..., process.vocab_size:] = 0.0  # the final state is data
+        if last and self.final_argmax:
+            new = probs.argmax(-1)
+        else:
+            new = sample_categorical(probs, generator=generator)
+        return torch.where(fixed, x, new)
 
-class AncestralParams(TokenSamplingParams):
+    def _masked_step(self, log_mean, x, fixed, process, s, t, last, generator):
+        r"""Masked posterior step: unmask w.p. :math:`(\alpha_s - \alpha_t)/(1 - \alpha_t)`
+        (1 on the last step, whose state is data), token from the filtered mean."""
+        alpha_s, alpha_t = process.schedule.alpha(s), process.schedule.alpha(t)
+        if last:
+            p_unmask = torch.ones_like(alpha_t)
+        else:
+            p_unmask = (alpha_s - alpha_t) / (1.0 - alpha_t).clamp_min(torch.finfo(torch.float64).tiny)
+        u_move = torch.rand(x.shape, generator=generator, dtype=torch.float64, device=x.device)
+        u_token = torch.rand(x.shape, generator=generator, dtype=torch.float64, device=x.device)
+        new = ddkit.kernels.masked_step(
+            x, log_mean, p_unmask, u_move, u_token, mask_id=process.mask_id, temperature=self.temperature,
+            top_k=self.top_k, top_p=self.top_p, argmax=last and self.final_argmax, backend=self.backend)
+        return torch.where(fixed, x, new)
+
+
+class AncestralParams(KernelSamplingParams):
     steps: int = Field(128, ge=1)
     grid: Literal["uniform", "cosine"] = "uniform"
     cache: bool = True

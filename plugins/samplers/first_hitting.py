@@ -8,7 +8,8 @@ so the next unmasking time (the largest :math:`\tau`) solves
            \qquad s = \alpha^{-1}(\alpha_s)
 
 with the schedule's inverse. One uniformly chosen masked position is then unmasked with
-:math:`\mu_\theta(x_t, s)` (filtered by temperature, top-k, top-p; drawn in float64). Each
+:math:`\mu_\theta(x_t, s)` (filtered by temperature, top-k, top-p; drawn in float64 by
+:func:`ddkit.kernels.categorical` with the kernel ``backend``). Each
 unmasked token costs exactly one denoiser call; sequences in a batch advance together and
 the call count is the largest number of masked positions.
 """
@@ -18,18 +19,20 @@ from __future__ import annotations
 import torch
 
 import ddkit
-from ddkit.categorical import filter_logits, sample_categorical
+import ddkit.kernels
 
-from ._options import TokenSamplingParams
+from ._options import KernelSamplingParams
 
 
 class FirstHittingSampler(ddkit.Sampler):
     requires = frozenset({"absorbing"})
 
     def __init__(self, temperature: float = 1.0, top_k: int | None = None,
-                 top_p: float | None = None, parameterization: ddkit.Parameterization | str = "mean"):
+                 top_p: float | None = None, parameterization: ddkit.Parameterization | str = "mean",
+                 backend: str = "auto"):
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
         self.parameterization = ddkit.build("parameterization", parameterization)
+        self.backend = ddkit.kernels.check_backend_name(backend)
 
     @torch.no_grad()
     def sample(self, denoiser, process, *, num_samples=None, length=None, prompt=None,
@@ -58,9 +61,9 @@ class FirstHittingSampler(ddkit.Sampler):
             log_mean = calls(x, s)
             scores = torch.rand(x.shape, generator=generator, device=x.device).masked_fill(~masked, -1.0)
             position = scores.argmax(-1)
-            logits = filter_logits(log_mean[rows, position], temperature=self.temperature,
-                                   top_k=self.top_k, top_p=self.top_p)
-            token = sample_categorical(logits.softmax(-1), generator=generator)
+            u_token = torch.rand(batch, generator=generator, dtype=torch.float64, device=x.device)
+            token = ddkit.kernels.categorical(log_mean[rows, position], u_token, temperature=self.temperature,
+                                              top_k=self.top_k, top_p=self.top_p, backend=self.backend)
             x = x.clone()
             x[rows[active], position[active]] = token[active]
             t = s
@@ -73,5 +76,5 @@ class FirstHittingSampler(ddkit.Sampler):
 
 @ddkit.hookimpl
 def register_samplers(register):
-    register("first_hitting", FirstHittingSampler, params=TokenSamplingParams,
+    register("first_hitting", FirstHittingSampler, params=KernelSamplingParams,
              summary="exact CTMC simulation of masked diffusion, one token per denoiser call")

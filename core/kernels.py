@@ -1,0 +1,431 @@
+r"""Compute kernels: the hot per-step operations of samplers and losses, and backend choice.
+
+Every operation takes its randomness as float64 uniforms in :math:`[0, 1)` drawn by the caller
+(``torch.rand(..., dtype=torch.float64, generator=g)``), so every backend consumes the same
+numbers and returns the same result, bit for bit, whatever its thread count.
+
+Operations
+----------
+``categorical(logits [..., V], uniforms [...])`` -> ``LongTensor [...]``
+    One category per row of :math:`\mathrm{softmax}(\mathrm{filter}(\ell))` by the reference
+    inverse CDF below (temperature, then top-k, then top-p).
+``masked_step(x [B, N], logits [B, N, V], p_unmask [B] | [B, N], u_move, u_token, mask_id)``
+    The fused reverse step of masked diffusion from :math:`t` to :math:`s`: a position with
+    :math:`x = m` unmasks iff ``u_move < p_unmask`` (the sampler passes
+    :math:`p = \frac{\alpha_s - \alpha_t}{1 - \alpha_t}`, or 1 on the last step), and then
+    takes the category that ``categorical`` draws from its logits with ``u_token`` (or the
+    first maximal logit with ``argmax=True``); every other position is unchanged. In law this
+    is the posterior :math:`p(x_s \mid x_t)` of the masked process; only the rows that unmask
+    are read, so a step costs :math:`O(B N + n_{\text{unmask}} V)`.
+``commit_topk(scores [B, N], eligible [B, N], k [B])`` -> ``BoolTensor [B, N]``
+    Confidence ranking: per sequence, the ``k[b]`` eligible positions with the highest scores
+    (all of them if fewer), ties broken by the lower position.
+``mask_noise(x0 [B, N], keep_prob [B] | [B, N], uniforms [B, N], mask_id)``
+    Forward noising of the masked process, :math:`x_t = x_0` iff :math:`u < \alpha_t`, else
+    the mask.
+``uniform_noise(x0, keep_prob, u_keep, u_token, vocab_size)``
+    Forward noising of the uniform process, :math:`x_t = x_0` iff :math:`u < \alpha_t`, else
+    :math:`\lfloor u' V \rfloor` (a uniform token, possibly :math:`x_0` itself), which is
+    :math:`\mathrm{Cat}(\alpha_t x_0 + (1 - \alpha_t)/V)`.
+
+The reference inverse CDF
+-------------------------
+For a row :math:`\ell \in [-\infty, \infty)^V` (any float dtype, converted exactly to float64)
+and a uniform :math:`u`:
+
+1. temperature :math:`\tau = 0`: :math:`w_j = 1` where :math:`\ell_j = \max \ell`, else 0
+   (a uniform draw among the maximal entries; top-k and top-p change nothing); otherwise
+   :math:`z_j = \ell_j / \tau` (IEEE division; skipped for :math:`\tau = 1`);
+2. top-k: entries below the k-th largest :math:`z` (counted with multiplicity) become
+   :math:`-\infty`; entries tied with it stay;
+3. :math:`w_j = \mathrm{rexp}(z_j - \max z)` with the reference exponential :func:`reference_exp`;
+4. top-p: :math:`T = \sum_j w_j` summed in index order; visiting the distinct values of
+   :math:`z` in decreasing order with :math:`b_g` the sum of :math:`w` over all larger entries
+   (summed in decreasing order), the group of value :math:`g` stays iff :math:`b_g < pT`
+   (tie-inclusive, the smallest set of most likely values whose mass reaches :math:`p`);
+5. :math:`C_j = \sum_{i \le j} w_i` summed sequentially in index order, target
+   :math:`\hat u = u\,C_{V-1}`; the category is the first :math:`j` with :math:`C_j > \hat u`
+   (``searchsorted(C, û, right=True)``), or, if there is none (:math:`u` within an ulp of 1),
+   the last :math:`j` where :math:`C` increases.
+
+Every step is a correctly rounded IEEE operation in a fixed order, so any backend can
+reproduce it exactly. Rows with a NaN or :math:`+\infty` logit, or without any finite logit,
+raise :class:`ValueError`.
+
+Certified fast paths
+--------------------
+A backend may compute faster (a vectorised ``exp`` with an error of one ulp, any summation
+order) as long as it certifies each row: with :math:`n = V` terms, the computed partial sums
+and targets are within :math:`2(\epsilon + 1.01(n + 1)2^{-53})T` of the exact ones
+(:math:`\epsilon \le 2^{-52}` for a one-ulp ``exp``, and :math:`\le 2^{-50}` for the reference),
+so a decision taken with a margin above :func:`certified_margin` (the sum of both bounds, with
+a factor-two reserve) agrees with the reference; a row with a smaller margin anywhere is
+recomputed with :func:`reference_categorical`. The torch backend works this way; the Numba
+backend computes the reference directly.
+
+Backends
+--------
+Backends are components of kind ``kernel`` registered through the plugin system
+(``register_kernels``): each is a :class:`KernelBackend`. ``backend="auto"`` picks, per
+operation and device, the backend with the highest :meth:`KernelBackend.auto_priority`
+(the built-in Numba backend claims CPU tensors for the operations where the benchmark shows it
+faster; torch serves every device); ``DDKIT_KERNEL_BACKEND`` replaces ``auto`` process-wide.
+A third-party backend registers a new name and, to take part in ``auto``, a higher priority::
+
+    import ddkit
+
+    @ddkit.hookimpl
+    def register_kernels(register):
+        register("mine", MyKernels, summary="fused kernels for my accelerator")
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import weakref
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from .categorical import group_before
+from .errors import UnknownComponentError
+from .registry import get_registry, unknown_name_message
+
+OPS = ("categorical", "masked_step", "commit_topk", "mask_noise", "uniform_noise")
+AUTO = "auto"
+BACKEND_ENV = "DDKIT_KERNEL_BACKEND"
+
+#: error codes a backend writes instead of a category
+NO_FINITE_LOGIT = -1
+NAN_OR_POSINF_LOGIT = -2
+
+# -- the reference exponential -----------------------------------------------------------
+
+LOG2E = 1.4426950408889634  #: 1 / ln 2, rounded
+LN2_HI = 6.93147180369123816490e-01  #: ln 2 to 32 bits (0x3FE62E42FEE00000): k * LN2_HI is exact
+LN2_LO = 1.90821492927058770002e-10  #: ln 2 - LN2_HI, rounded
+EXP_COEFFS = tuple(1.0 / math.factorial(i) for i in range(14))  #: Taylor coefficients 1/i!
+EXP_UNDERFLOW = -746.0  #: below this exp(x) < 2^-1075 and the reference returns 0
+
+
+def reference_exp(x: Tensor) -> Tensor:
+    r"""The reference exponential for :math:`x \le 0` (float64), built from IEEE operations only:
+
+    .. math::  k = \lfloor x \log_2 e + \tfrac12 \rfloor,\quad
+               r = (x - k\,\ln2_{hi}) - k\,\ln2_{lo},\quad
+               e^x \approx 2^k \sum_{i=0}^{13} c_i r^i,\ c_i = 1/i!
+
+    with :math:`|r| \le 0.35` (truncation error below :math:`10^{-17}`). The polynomial is
+    evaluated by Estrin's scheme, :math:`s_j = (c_{4j} + c_{4j+1} r) + (c_{4j+2} + c_{4j+3} r) r^2`,
+    :math:`p = (s_0 + s_1 r^4) + (s_2 + s_3 r^4) r^8` (:math:`s_3 = c_{12} + c_{13} r`), whose
+    short dependency chains vectorise well; the scaling by :math:`2^k` is split in two exact
+    powers of two so subnormal results round once. The error is at most two ulp (tested);
+    what matters is that every backend computes exactly these operations in this order.
+    ``x < -746`` and ``-inf`` give 0."""
+    c = EXP_COEFFS
+    xc = x.clamp_min(EXP_UNDERFLOW)
+    k = torch.floor(xc * LOG2E + 0.5)
+    r = (xc - k * LN2_HI) - k * LN2_LO
+    r2 = r * r
+    r4 = r2 * r2
+    r8 = r4 * r4
+    s0 = (c[0] + c[1] * r) + (c[2] + c[3] * r) * r2
+    s1 = (c[4] + c[5] * r) + (c[6] + c[7] * r) * r2
+    s2 = (c[8] + c[9] * r) + (c[10] + c[11] * r) * r2
+    s3 = c[12] + c[13] * r
+    p = (s0 + s1 * r4) + (s2 + s3 * r4) * r8
+    ki = k.to(torch.int64)
+    k1 = ki.clamp_min(-1000)
+    scaled = p * _pow2(k1) * _pow2(ki - k1)
+    return scaled.masked_fill(x < EXP_UNDERFLOW, 0.0)
+
+
+def _pow2(k: Tensor) -> Tensor:
+    """Exactly 2^k for integer k in [-1022, 1023], from its IEEE bits."""
+    return ((k + 1023) << 52).view(torch.float64)
+
+
+def certified_margin(vocab_size: int, total: Tensor) -> Tensor:
+    """The margin below which a fast path must defer to the reference (module docstring)."""
+    return (4.0 * vocab_size + 80.0) * 2.0 ** -52 * total
+
+
+# -- token filters -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TokenFilter:
+    """Temperature (0 = argmax, uniform among ties), top-k (``None``: off) and top-p
+    (``None``: off), applied in that order."""
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+
+    def __post_init__(self):
+        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
+            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+    def k_for(self, vocab_size: int) -> int:
+        """The top-k value to apply, 0 when it filters nothing."""
+        return 0 if self.top_k is None or self.top_k >= vocab_size else int(self.top_k)
+
+    @property
+    def p(self) -> float:
+        """The top-p value to apply, 1.0 when it filters nothing."""
+        return 1.0 if self.top_p is None else float(self.top_p)
+
+
+def reference_categorical(rows: Tensor, uniforms: Tensor, token_filter: TokenFilter) -> Tensor:
+    """The reference inverse CDF (module docstring) on CPU: ``rows [R, V]`` any float dtype,
+    ``uniforms [R]``. Returns categories, or the error codes :data:`NO_FINITE_LOGIT` /
+    :data:`NAN_OR_POSINF_LOGIT`, on the device of ``rows``."""
+    device = rows.device
+    z = rows.detach().to("cpu", torch.float64, copy=True)
+    u = uniforms.detach().to("cpu", torch.float64)
+    V = z.shape[-1]
+    tau = token_filter.temperature
+    if tau not in (0.0, 1.0):
+        z = z / tau
+    m = z.amax(-1, keepdim=True)
+    code = _row_codes(m)
+    m = m.masked_fill(code != 0, 0.0)
+    if tau == 0:
+        w = (z == m).to(torch.float64)
+    else:
+        k = token_filter.k_for(V)
+        if k:
+            kth = z.topk(k, dim=-1).values[..., -1:]
+            z = z.masked_fill(z < kth, float("-inf"))
+        w = reference_exp(z - m)
+        if token_filter.p < 1:
+            total = w.cumsum(-1)[..., -1:]
+            values, order = z.sort(-1, descending=True)
+            before = group_before(values, reference_exp(values - m).cumsum(-1))
+            drop = torch.zeros_like(values, dtype=torch.bool).scatter(-1, order, before >= token_filter.p * total)
+            w = w.masked_fill(drop, 0.0)
+    cdf = w.cumsum(-1)
+    index = torch.searchsorted(cdf, u[:, None] * cdf[..., -1:], right=True).squeeze(-1)
+    increases = cdf > torch.nn.functional.pad(cdf[..., :-1], (1, 0))
+    last_increase = (V - 1) - increases.flip(-1).to(torch.int8).argmax(-1)
+    index = torch.where(index >= V, last_increase, index)
+    return torch.where(code.squeeze(-1) != 0, code.squeeze(-1), index).to(device)
+
+
+def _row_codes(row_max: Tensor) -> Tensor:
+    """0 for a usable row, else the error code, from the row maxima."""
+    bad = torch.isnan(row_max) | (row_max == float("inf"))
+    empty = row_max == float("-inf")
+    code = torch.zeros(row_max.shape, dtype=torch.int64, device=row_max.device)
+    return code.masked_fill(empty, NO_FINITE_LOGIT).masked_fill(bad, NAN_OR_POSINF_LOGIT)
+
+
+def check_codes(codes: Tensor) -> None:
+    """Raise :class:`ValueError` if a backend reported a bad row."""
+    if codes.numel() == 0:
+        return
+    worst = int(codes.min())
+    if worst == NAN_OR_POSINF_LOGIT:
+        raise ValueError("logits contain NaN or +inf (after the temperature) in a sampled row")
+    if worst == NO_FINITE_LOGIT:
+        raise ValueError("a sampled row of logits has no finite entry (all -inf)")
+    if worst < 0:
+        raise ValueError(f"kernel returned an unknown error code {worst}")
+
+
+# -- backends ----------------------------------------------------------------------------
+
+
+class KernelBackend:
+    """Base class of kernel backends. The functions of this module validate and normalise
+    their inputs and call the backend with flat, contiguous tensors:
+
+    * ``categorical(logits [R, V], uniforms [R] float64, token_filter)`` -> ``[R]`` int64
+      categories or error codes;
+    * ``masked_step(x [P] int64, logits [P, V], p_unmask [P] f64, u_move [P] f64,
+      u_token [P] f64, mask_id, token_filter, argmax)`` -> ``[P]`` int64 (error codes allowed);
+    * ``commit_topk(scores [B, N] f64, eligible [B, N] bool, k [B] int64)`` -> ``[B, N]`` bool;
+    * ``mask_noise(x0 [P], keep [P] f64, u [P] f64, mask_id)`` -> ``[P]``;
+    * ``uniform_noise(x0 [P], keep [P] f64, u_keep [P] f64, u_token [P] f64, vocab_size)`` -> ``[P]``.
+    """
+
+    name: ClassVar[str] = ""
+
+    def auto_priority(self, op: str, device: torch.device) -> int | None:
+        """Priority of this backend for ``op`` on ``device`` under ``backend="auto"``;
+        ``None``: not a candidate."""
+        return None
+
+    def supports(self, op: str, device: torch.device) -> bool:
+        """Whether this backend can run ``op`` on tensors of ``device`` at all."""
+        return hasattr(self, op)
+
+
+@lru_cache(maxsize=None)
+def _instance(record) -> KernelBackend:
+    return record.factory()
+
+
+def backend_names() -> list[str]:
+    """Installed kernel backends."""
+    return get_registry().names("kernel")
+
+
+def check_backend_name(name: str) -> str:
+    """Validate a ``backend`` setting: ``auto`` or an installed kernel backend."""
+    if name == AUTO:
+        return name
+    names = backend_names()
+    if name not in names:
+        raise ValueError(unknown_name_message("kernel backend", name, [AUTO, *names]))
+    return name
+
+
+def resolve(backend: str, op: str, device: torch.device | str) -> KernelBackend:
+    """The backend that runs ``op`` on ``device`` for the setting ``backend``."""
+    device_type = torch.device(device).type
+    if backend == AUTO:
+        backend = os.environ.get(BACKEND_ENV, "").strip() or AUTO
+    registry = get_registry()
+    cache = _RESOLVED.setdefault(registry, {})
+    # plugins added to a loaded registry change its record count and invalidate the cache
+    key = (backend, op, device_type, len(registry._records), len(registry._conflicts))
+    if key not in cache:
+        cache[key] = _resolve(registry, backend, op, torch.device(device_type))
+    return cache[key]
+
+
+_RESOLVED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _resolve(registry, backend: str, op: str, device: torch.device) -> KernelBackend:
+    if backend != AUTO:
+        try:
+            chosen = _instance(registry.get("kernel", backend))
+        except UnknownComponentError:
+            raise ValueError(unknown_name_message("kernel backend", backend, [AUTO, *registry.names("kernel")])) from None
+        if not chosen.supports(op, device):
+            raise ValueError(f"kernel backend {backend!r} cannot run {op!r} on {device.type} tensors; "
+                             f"use backend='auto' or one of {registry.names('kernel')}")
+        return chosen
+    best, best_priority = None, None
+    for record in registry.records("kernel"):
+        candidate = _instance(record)
+        priority = candidate.auto_priority(op, device) if candidate.supports(op, device) else None
+        if priority is not None and (best_priority is None or priority > best_priority):
+            best, best_priority = candidate, priority
+    if best is None:
+        raise ValueError(f"no installed kernel backend runs {op!r} on {device.type} tensors "
+                         f"(installed: {registry.names('kernel') or 'none'})")
+    return best
+
+
+# -- operations --------------------------------------------------------------------------
+
+
+def _float64(t: Tensor | float, shape: tuple[int, ...], device: torch.device, name: str) -> Tensor:
+    t = torch.as_tensor(t, dtype=torch.float64, device=device)
+    if t.shape != shape:
+        if t.dim() == 1 and len(shape) == 2 and t.shape[0] == shape[0]:
+            t = t[:, None]
+        try:
+            t = t.expand(shape)
+        except RuntimeError:
+            raise ValueError(f"{name} of shape {tuple(t.shape)} does not broadcast to {shape}") from None
+    return t.reshape(-1).contiguous()
+
+
+def _uniforms(u: Tensor, shape: tuple[int, ...], device: torch.device, name: str) -> Tensor:
+    if not isinstance(u, Tensor) or tuple(u.shape) != shape:
+        raise ValueError(f"{name} must be a tensor of shape {shape}, got "
+                         f"{tuple(u.shape) if isinstance(u, Tensor) else type(u).__name__}")
+    u = u.to(device=device, dtype=torch.float64).reshape(-1).contiguous()
+    if u.numel() and not (bool((u >= 0).all()) and bool((u < 1).all())):
+        raise ValueError(f"{name} must lie in [0, 1)")
+    return u
+
+
+def _logits(logits: Tensor) -> Tensor:
+    if not isinstance(logits, Tensor) or not logits.is_floating_point() or logits.dim() < 1:
+        raise ValueError("logits must be a floating-point tensor [..., V]")
+    if logits.shape[-1] < 1:
+        raise ValueError("logits need at least one category (V >= 1)")
+    return logits.detach().reshape(-1, logits.shape[-1]).contiguous()
+
+
+def categorical(logits: Tensor, uniforms: Tensor, *, temperature: float = 1.0, top_k: int | None = None,
+                top_p: float | None = None, backend: str = AUTO) -> Tensor:
+    """Draw one category per row of ``logits [..., V]`` with ``uniforms [...]`` (module
+    docstring). Returns a LongTensor of shape ``logits.shape[:-1]``."""
+    token_filter = TokenFilter(temperature, top_k, top_p)
+    rows = _logits(logits)
+    u = _uniforms(uniforms, tuple(logits.shape[:-1]), rows.device, "uniforms")
+    if rows.shape[0] == 0:
+        return torch.empty(logits.shape[:-1], dtype=torch.long, device=rows.device)
+    out = resolve(backend, "categorical", rows.device).categorical(rows, u, token_filter)
+    check_codes(out)
+    return out.reshape(logits.shape[:-1])
+
+
+def masked_step(x: Tensor, logits: Tensor, p_unmask: Tensor | float, u_move: Tensor, u_token: Tensor, *,
+                mask_id: int, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                argmax: bool = False, backend: str = AUTO) -> Tensor:
+    """One reverse step of masked diffusion (module docstring); returns the new ``x``."""
+    token_filter = TokenFilter(temperature, top_k, top_p)
+    if not isinstance(x, Tensor) or x.dtype != torch.long or x.dim() != 2:
+        raise ValueError("x must be a LongTensor [B, N]")
+    if logits.dim() != 3 or tuple(logits.shape[:2]) != tuple(x.shape):
+        raise ValueError(f"logits must have shape [B, N, V] = [{x.shape[0]}, {x.shape[1]}, V], "
+                         f"got {tuple(logits.shape)}")
+    shape, device = tuple(x.shape), x.device
+    rows = _logits(logits).to(device)
+    p = _float64(p_unmask, shape, device, "p_unmask")
+    flat = x.reshape(-1).contiguous()
+    out = resolve(backend, "masked_step", device).masked_step(
+        flat, rows, p, _uniforms(u_move, shape, device, "u_move"), _uniforms(u_token, shape, device, "u_token"),
+        int(mask_id), token_filter, bool(argmax))
+    check_codes(out)
+    return out.reshape(shape)
+
+
+def commit_topk(scores: Tensor, eligible: Tensor, k: Tensor | int, *, backend: str = AUTO) -> Tensor:
+    """Per sequence, the ``k`` eligible positions of highest score (ties: lower position)."""
+    if scores.dim() != 2 or tuple(eligible.shape) != tuple(scores.shape) or eligible.dtype != torch.bool:
+        raise ValueError("scores must be [B, N] and eligible a BoolTensor of the same shape")
+    s = scores.detach().to(torch.float64).contiguous()
+    if bool(torch.isnan(s[eligible]).any()):
+        raise ValueError("scores of eligible positions must not be NaN")
+    k = torch.as_tensor(k, dtype=torch.long, device=s.device).expand(s.shape[0]).contiguous()
+    if bool((k < 0).any()):
+        raise ValueError("k must be >= 0")
+    return resolve(backend, "commit_topk", s.device).commit_topk(s, eligible.contiguous(), k)
+
+
+def mask_noise(x0: Tensor, keep_prob: Tensor | float, uniforms: Tensor, *, mask_id: int,
+               backend: str = AUTO) -> Tensor:
+    r"""Forward noising of the masked process: :math:`x_t = x_0` iff :math:`u < \alpha_t`."""
+    shape, device = tuple(x0.shape), x0.device
+    keep = _float64(keep_prob, shape, device, "keep_prob")
+    u = _uniforms(uniforms, shape, device, "uniforms")
+    out = resolve(backend, "mask_noise", device).mask_noise(x0.reshape(-1).contiguous(), keep, u, int(mask_id))
+    return out.reshape(shape)
+
+
+def uniform_noise(x0: Tensor, keep_prob: Tensor | float, u_keep: Tensor, u_token: Tensor, *, vocab_size: int,
+                  backend: str = AUTO) -> Tensor:
+    r"""Forward noising of the uniform process: :math:`x_t = x_0` iff :math:`u < \alpha_t`,
+    else :math:`\lfloor u' V \rfloor`."""
+    shape, device = tuple(x0.shape), x0.device
+    keep = _float64(keep_prob, shape, device, "keep_prob")
+    out = resolve(backend, "uniform_noise", device).uniform_noise(
+        x0.reshape(-1).contiguous(), keep, _uniforms(u_keep, shape, device, "u_keep"),
+        _uniforms(u_token, shape, device, "u_token"), int(vocab_size))
+    return out.reshape(shape)

@@ -1,0 +1,345 @@
+r"""The compiled Numba functions behind :mod:`ddkit.plugins.kernels.numba_backend`.
+
+Each categorical draw computes the reference inverse CDF of :mod:`ddkit.kernels` directly,
+with the same IEEE operations in the same order as
+:func:`ddkit.kernels.reference_categorical` (no fast-math, so no fused multiply-adds or
+reassociation), which makes it bit-identical to the torch backend. Work is split over rows
+(``prange`` over a few chunks per thread); every row is computed by one thread from its own
+uniform, so results do not depend on the thread count. Few signatures are compiled (float32
+and float64 logits; int64, bool and float64 elsewhere) and all are cached on disk.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+from numba.core import types
+from numba.extending import intrinsic
+
+from ddkit.kernels import (
+    EXP_COEFFS,
+    EXP_UNDERFLOW,
+    LN2_HI,
+    LN2_LO,
+    LOG2E,
+    NAN_OR_POSINF_LOGIT,
+    NO_FINITE_LOGIT,
+)
+
+_C0, _C1, _C2, _C3, _C4, _C5, _C6, _C7, _C8, _C9, _C10, _C11, _C12, _C13 = EXP_COEFFS
+_ROUND_MAGIC = 6755399441055744.0  # 1.5 * 2^52: k + magic holds the integer k in its low bits
+_ROUND_MAGIC_BITS = 0x4338000000000000
+SMALL_TOP_K = 64  #: up to this k, top-k keeps a sorted list of the k largest instead of quickselect
+
+
+@intrinsic
+def _float_bits(typingctx, value):
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.int64))
+
+    return types.int64(types.float64), codegen
+
+
+@intrinsic
+def _bits_float(typingctx, bits):
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.float64))
+
+    return types.float64(types.int64), codegen
+
+
+@njit(cache=True)
+def _exp(x):
+    """:func:`ddkit.kernels.reference_exp` for one float64; the integer k is read from the bits
+    of ``k + 1.5 * 2^52`` (exact for integral k), so the loops that call it vectorise on AVX2."""
+    xc = max(x, EXP_UNDERFLOW)
+    k = np.floor(xc * LOG2E + 0.5)
+    r = (xc - k * LN2_HI) - k * LN2_LO
+    r2 = r * r
+    r4 = r2 * r2
+    r8 = r4 * r4
+    s0 = (_C0 + _C1 * r) + (_C2 + _C3 * r) * r2
+    s1 = (_C4 + _C5 * r) + (_C6 + _C7 * r) * r2
+    s2 = (_C8 + _C9 * r) + (_C10 + _C11 * r) * r2
+    s3 = _C12 + _C13 * r
+    p = (s0 + s1 * r4) + (s2 + s3 * r4) * r8
+    ki = _float_bits(k + _ROUND_MAGIC) - _ROUND_MAGIC_BITS
+    k1 = max(ki, -1000)
+    value = (p * _bits_float((k1 + 1023) << 52)) * _bits_float((ki - k1 + 1023) << 52)
+    return 0.0 if x < EXP_UNDERFLOW else value
+
+
+@njit(cache=True)
+def _scaled(value, tau):
+    z = np.float64(value)
+    return z if tau == 1.0 else z / tau
+
+
+@njit(cache=True)
+def _kth_largest(buf, n, k):
+    """The k-th largest (1-based, with multiplicity) of ``buf[:n]``, reordering ``buf``:
+    quickselect with a median-of-three pivot and a three-way partition (ties stay cheap)."""
+    lo, hi, target = 0, n, k - 1
+    while hi - lo > 1:
+        a, b, c = buf[lo], buf[(lo + hi) // 2], buf[hi - 1]
+        pivot = max(min(a, b), min(max(a, b), c))
+        lt, i, gt = lo, lo, hi  # [lo, lt) > pivot, [lt, i) == pivot, [gt, hi) < pivot
+        while i < gt:
+            v = buf[i]
+            if v > pivot:
+                buf[i], buf[lt] = buf[lt], v
+                lt += 1
+                i += 1
+            elif v < pivot:
+                gt -= 1
+                buf[i], buf[gt] = buf[gt], v
+            else:
+                i += 1
+        if target < lt:
+            hi = lt
+        elif target < gt:
+            return pivot
+        else:
+            lo = gt
+    return buf[lo]
+
+
+@njit(cache=True)
+def _kth_largest_small(values, k, buf):
+    """The k-th largest of ``values`` for small k: one pass keeping the k largest seen so far
+    in ``buf[:k]`` (sorted, decreasing); a value enters only if it beats the current k-th."""
+    n = 0
+    for j in range(values.shape[0]):
+        v = values[j]
+        if n == k:
+            if not v > buf[k - 1]:
+                continue
+            i = k - 1
+        else:
+            i = n
+            n += 1
+        while i > 0 and buf[i - 1] < v:
+            buf[i] = buf[i - 1]
+            i -= 1
+        buf[i] = v
+    return buf[k - 1]
+
+
+@njit(cache=True)
+def _row_max(row):
+    """(max, any NaN) of a row, with four independent accumulators (max is exact in any order)."""
+    V = row.shape[0]
+    m0 = m1 = m2 = m3 = -np.inf
+    bad = False
+    j = 0
+    while j + 4 <= V:
+        v0, v1, v2, v3 = np.float64(row[j]), np.float64(row[j + 1]), np.float64(row[j + 2]), np.float64(row[j + 3])
+        bad |= (v0 != v0) | (v1 != v1) | (v2 != v2) | (v3 != v3)
+        m0, m1, m2, m3 = max(m0, v0), max(m1, v1), max(m2, v2), max(m3, v3)
+        j += 4
+    while j < V:
+        v0 = np.float64(row[j])
+        bad |= v0 != v0
+        m0 = max(m0, v0)
+        j += 1
+    return max(max(m0, m1), max(m2, m3)), bad
+
+
+@njit(cache=True)
+def _nucleus_scan(values, n, limit, m):
+    """Visit ``values[:n]`` (sorted increasing) from the largest; return (True, g) for the
+    first value group g whose larger entries hold ``limit`` already, else (False, 0)."""
+    before = 0.0
+    i = n - 1
+    while i >= 0:
+        g = values[i]
+        if not before < limit:
+            return True, g
+        while i >= 0 and values[i] == g:
+            before += _exp(g - m)
+            i -= 1
+    return False, 0.0
+
+
+@njit(cache=True)
+def _nucleus(row, tau, m, top_p, w, buf):
+    r"""Top-p on the weights ``w`` (step 4 of the reference): zero every value group whose
+    larger entries already hold ``top_p`` of the mass.
+
+    Only a prefix of the decreasing order is sorted: entries with weight below
+    :math:`\theta = (1 - p) T / (2V)` hold less than :math:`(1 - p) T / 2` together, so the
+    cut lies among the entries with :math:`z \ge` the smallest :math:`z` of weight
+    :math:`\ge \theta`; the sums over that prefix are the reference's sums. Should rounding
+    ever put the cut outside it, the whole row is sorted."""
+    V = w.shape[0]
+    total = 0.0
+    for j in range(V):
+        total += w[j]
+    limit = top_p * total
+    theta = (1.0 - top_p) * total / (2.0 * V)
+    z_floor = np.inf
+    for j in range(V):
+        if w[j] >= theta and w[j] > 0.0:
+            z_floor = min(z_floor, _scaled(row[j], tau))
+    n, positive = _gather_prefix(row, tau, w, buf, z_floor)
+    cut, g = _nucleus_scan(buf, n, limit, m)
+    if not cut and n < positive:  # only through rounding: use every entry
+        n, positive = _gather_prefix(row, tau, w, buf, -np.inf)
+        cut, g = _nucleus_scan(buf, n, limit, m)
+    if cut:
+        for j in range(V):
+            if w[j] > 0.0 and _scaled(row[j], tau) <= g:
+                w[j] = 0.0
+
+
+@njit(cache=True)
+def _gather_prefix(row, tau, w, buf, z_floor):
+    """Sort into ``buf[:n]`` the z of the entries with positive weight and z >= z_floor;
+    returns (n, number of entries with positive weight)."""
+    n = 0
+    positive = 0
+    for j in range(w.shape[0]):
+        if w[j] > 0.0:
+            positive += 1
+            z = _scaled(row[j], tau)
+            if z >= z_floor:
+                buf[n] = z
+                n += 1
+    buf[:n].sort()
+    return n, positive
+
+
+@njit(cache=True)
+def _sample_row(row, u, tau, top_k, top_p, w, buf):
+    """The reference inverse CDF of one row (``w`` and ``buf``: scratch of length V)."""
+    V = row.shape[0]
+    m, bad = _row_max(row)
+    if bad:
+        return NAN_OR_POSINF_LOGIT
+    if tau != 0.0 and tau != 1.0:
+        m = m / tau
+    if m == np.inf:
+        return NAN_OR_POSINF_LOGIT
+    if m == -np.inf:
+        return NO_FINITE_LOGIT
+    if tau == 0.0:
+        for j in range(V):
+            w[j] = 1.0 if np.float64(row[j]) == m else 0.0
+    elif top_k == 0:
+        for j in range(V):
+            w[j] = _exp(_scaled(row[j], tau) - m)
+    else:
+        for j in range(V):
+            w[j] = _scaled(row[j], tau)
+        if top_k <= SMALL_TOP_K:
+            kth = _kth_largest_small(w, top_k, buf)
+        else:
+            buf[:V] = w
+            kth = _kth_largest(buf, V, top_k)
+        for j in range(V):
+            w[j] = _exp(w[j] - m) if w[j] >= kth else 0.0
+    if top_p < 1.0 and tau != 0.0:
+        _nucleus(row, tau, m, top_p, w, buf)
+    c = 0.0
+    for j in range(V):
+        c += w[j]
+        w[j] = c
+    target = u * c
+    lo, hi = 0, V
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if w[mid] > target:
+            hi = mid
+        else:
+            lo = mid + 1
+    if lo == V:  # u within an ulp of 1: the last category where the CDF increases
+        lo = V - 1
+        while lo > 0 and w[lo] == w[lo - 1]:
+            lo -= 1
+    return lo
+
+
+@njit(cache=True)
+def _argmax_row(row):
+    m = -np.inf
+    index = NO_FINITE_LOGIT
+    for j in range(row.shape[0]):
+        v = np.float64(row[j])
+        if v != v or v == np.inf:
+            return NAN_OR_POSINF_LOGIT
+        if v > m:
+            m = v
+            index = j
+    return index
+
+
+@njit(parallel=True, cache=True)
+def sample_rows(logits, selected, uniforms, out, tau, top_k, top_p, argmax, chunks):
+    """``out[i] = category of logits[i]`` drawn with ``uniforms[i]`` for every ``i`` in
+    ``selected`` (or the first maximal entry with ``argmax``); the rows are split in
+    ``chunks`` contiguous parts (a few per thread), each with its own scratch."""
+    n = selected.shape[0]
+    V = logits.shape[1]
+    chunks = min(n, chunks)
+    for c in prange(chunks):
+        w = np.empty(V)
+        buf = np.empty(V)
+        for t in range(c * n // chunks, (c + 1) * n // chunks):
+            i = selected[t]
+            if argmax:
+                out[i] = _argmax_row(logits[i])
+            else:
+                out[i] = _sample_row(logits[i], uniforms[i], tau, top_k, top_p, w, buf)
+
+
+@njit(cache=True)
+def select_moving(x, p_unmask, u_move, mask_id):
+    """Positions that unmask in a masked reverse step: ``x == mask_id`` and ``u < p``."""
+    selected = np.empty(x.shape[0], np.int64)
+    n = 0
+    for i in range(x.shape[0]):
+        if x[i] == mask_id and u_move[i] < p_unmask[i]:
+            selected[n] = i
+            n += 1
+    return selected[:n]
+
+
+@njit(parallel=True, cache=True)
+def commit_topk(scores, eligible, k, out):
+    """Per row, the ``k[b]`` eligible positions of highest score, ties to the lower position."""
+    B, N = scores.shape
+    for b in prange(B):
+        buf = np.empty(N)
+        n = 0
+        for j in range(N):
+            out[b, j] = False
+            if eligible[b, j]:
+                buf[n] = scores[b, j]
+                n += 1
+        take = min(k[b], n)
+        if take > 0:
+            kth = _kth_largest(buf, n, take)
+            ties = take
+            for j in range(N):
+                if eligible[b, j] and scores[b, j] > kth:
+                    ties -= 1
+            for j in range(N):
+                if eligible[b, j]:
+                    s = scores[b, j]
+                    if s > kth:
+                        out[b, j] = True
+                    elif s == kth and ties > 0:
+                        out[b, j] = True
+                        ties -= 1
+
+
+@njit(parallel=True, cache=True)
+def mask_noise(x0, keep, uniforms, mask_id, out):
+    for i in prange(x0.shape[0]):
+        out[i] = x0[i] if uniforms[i] < keep[i] else mask_id
+
+
+@njit(parallel=True, cache=True)
+def uniform_noise(x0, keep, u_keep, u_token, vocab_size, out):
+    for i in prange(x0.shape[0]):
+        out[i] = x0[i] if u_keep[i] < keep[i] else min(np.int64(u_token[i] * vocab_size), vocab_size - 1)

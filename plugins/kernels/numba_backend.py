@@ -1,0 +1,160 @@
+r"""Numba CPU kernels: the operations of :mod:`ddkit.kernels` compiled with ``njit``
+(``parallel=True`` over rows, ``cache=True``), exactly the reference inverse CDF.
+
+Threads, forks and the threading layer
+--------------------------------------
+* Thread budget: every call runs with ``min(torch.get_num_threads(), NUMBA_NUM_THREADS)``
+  Numba threads (restored afterwards), so the two pools never add up to more than the budget
+  torch was given (``OMP_NUM_THREADS`` or ``torch.set_num_threads``); torch and Numba
+  regions alternate, they never overlap. Inside a ``DataLoader`` worker torch runs one thread,
+  so the kernels do too.
+* Threading layer: unless ``NUMBA_THREADING_LAYER`` is set, ddkit asks Numba for a
+  ``forksafe`` layer before its first parallel launch: TBB where it is installed, otherwise
+  the built-in ``workqueue``. Numba's default on Linux would be GNU OpenMP, which is not
+  fork-safe (a forked ``DataLoader`` worker that runs a parallel kernel after the parent did
+  aborts) and would start a second OpenMP pool next to torch's. If the process already ran a
+  parallel Numba function, the layer is fixed and this choice has no effect.
+* ``workqueue`` is not thread-safe, so kernel calls hold a process-wide lock (re-created in
+  forked children, where a lock held by another thread of the parent would never be released).
+
+Importing this module does not import Numba; the first kernel call compiles (or loads from the
+on-disk cache) the functions it needs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import threading
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from torch import Tensor
+
+import ddkit
+from ddkit.kernels import KernelBackend, TokenFilter
+
+#: operations for which ``backend="auto"`` prefers Numba on CPU tensors (docs/performance.md)
+AUTO_OPS = frozenset({"categorical", "masked_step", "commit_topk", "mask_noise", "uniform_noise"})
+#: rows of half-precision logits converted to float32 at a time
+HALF_CHUNK_ELEMENTS = 1 << 20
+#: row chunks per thread in a categorical kernel (balances rows of unequal cost)
+CHUNKS_PER_THREAD = 4
+
+_lock = threading.Lock()
+_impl = None
+
+
+def _new_lock_after_fork() -> None:
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_lock_after_fork)
+
+
+def available() -> bool:
+    """Whether Numba is installed."""
+    return importlib.util.find_spec("numba") is not None
+
+
+def kernels():
+    """The compiled kernels module (imports Numba and picks the threading layer on first use)."""
+    global _impl
+    if _impl is None:
+        import numba
+
+        if "NUMBA_THREADING_LAYER" not in os.environ:
+            numba.config.THREADING_LAYER = "forksafe"
+        from . import _numba_impl
+
+        _impl = _numba_impl
+    return _impl
+
+
+def thread_budget() -> int:
+    """Numba threads for the next call: torch's budget, capped by Numba's pool size."""
+    import numba
+
+    return max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+
+
+@contextmanager
+def _threads():
+    import numba
+
+    with _lock:
+        previous = numba.get_num_threads()
+        numba.set_num_threads(thread_budget())
+        try:
+            yield
+        finally:
+            numba.set_num_threads(previous)
+
+
+class NumbaKernels(KernelBackend):
+    """CPU only; ``auto`` prefers it on CPU tensors for :data:`AUTO_OPS`."""
+
+    name = "numba"
+
+    def supports(self, op: str, device: torch.device) -> bool:
+        return device.type == "cpu" and hasattr(self, op) and available()
+
+    def auto_priority(self, op: str, device: torch.device) -> int | None:
+        return 10 if op in AUTO_OPS and self.supports(op, device) else None
+
+    def categorical(self, logits: Tensor, uniforms: Tensor, token_filter: TokenFilter) -> Tensor:
+        out = np.empty(logits.shape[0], np.int64)
+        self._sample(logits, np.arange(logits.shape[0]), uniforms.numpy(), out, token_filter, False)
+        return torch.from_numpy(out)
+
+    def masked_step(self, x: Tensor, logits: Tensor, p_unmask: Tensor, u_move: Tensor, u_token: Tensor,
+                    mask_id: int, token_filter: TokenFilter, argmax: bool) -> Tensor:
+        out = x.numpy().copy()
+        selected = kernels().select_moving(out, p_unmask.numpy(), u_move.numpy(), mask_id)
+        self._sample(logits, selected, u_token.numpy(), out, token_filter, argmax)
+        return torch.from_numpy(out)
+
+    def _sample(self, logits: Tensor, selected: np.ndarray, uniforms: np.ndarray, out: np.ndarray,
+                token_filter: TokenFilter, argmax: bool) -> None:
+        impl = kernels()
+        V = logits.shape[1]
+        options = (float(token_filter.temperature), token_filter.k_for(V), token_filter.p, argmax,
+                   CHUNKS_PER_THREAD * thread_budget())
+        if logits.dtype in (torch.float32, torch.float64):
+            with _threads():
+                impl.sample_rows(logits.numpy(), selected, uniforms, out, *options)
+            return
+        # float16 / bfloat16: convert only the selected rows, a chunk at a time (exact in float32)
+        step = max(1, HALF_CHUNK_ELEMENTS // V)
+        for start in range(0, selected.shape[0], step):
+            chunk = selected[start:start + step]
+            rows = logits.index_select(0, torch.from_numpy(chunk)).float().numpy()
+            local = np.empty(chunk.shape[0], np.int64)
+            with _threads():
+                impl.sample_rows(rows, np.arange(chunk.shape[0]), uniforms[chunk], local, *options)
+            out[chunk] = local
+
+    def commit_topk(self, scores: Tensor, eligible: Tensor, k: Tensor) -> Tensor:
+        out = np.empty(tuple(scores.shape), np.bool_)
+        with _threads():
+            kernels().commit_topk(scores.numpy(), eligible.numpy(), k.numpy(), out)
+        return torch.from_numpy(out)
+
+    def mask_noise(self, x0: Tensor, keep: Tensor, uniforms: Tensor, mask_id: int) -> Tensor:
+        out = np.empty(x0.shape[0], np.int64)
+        with _threads():
+            kernels().mask_noise(x0.numpy(), keep.numpy(), uniforms.numpy(), mask_id, out)
+        return torch.from_numpy(out)
+
+    def uniform_noise(self, x0: Tensor, keep: Tensor, u_keep: Tensor, u_token: Tensor, vocab_size: int) -> Tensor:
+        out = np.empty(x0.shape[0], np.int64)
+        with _threads():
+            kernels().uniform_noise(x0.numpy(), keep.numpy(), u_keep.numpy(), u_token.numpy(), vocab_size, out)
+        return torch.from_numpy(out)
+
+
+@ddkit.hookimpl
+def register_kernels(register):
+    register("numba", NumbaKernels, summary="Numba CPU kernels (parallel, cached): the reference inverse CDF")
