@@ -85,6 +85,8 @@ import math
 import os
 import weakref
 from dataclasses import dataclass
+from decimal import Decimal, localcontext
+from fractions import Fraction
 from functools import lru_cache
 from typing import ClassVar
 
@@ -108,8 +110,14 @@ NAN_OR_POSINF_LOGIT = -2
 LOG2E = 1.4426950408889634  #: 1 / ln 2, rounded
 LN2_HI = 6.93147180369123816490e-01  #: ln 2 to 32 bits (0x3FE62E42FEE00000): k * LN2_HI is exact
 LN2_LO = 1.90821492927058770002e-10  #: ln 2 - LN2_HI, rounded
-EXP_COEFFS = tuple(1.0 / math.factorial(i) for i in range(14))  #: Taylor coefficients 1/i!
-EXP_UNDERFLOW = -746.0  #: below this exp(x) < 2^-1075 and the reference returns 0
+#: coefficients of p(r) ~ e^r on |r| <= 0.35 (from :func:`derive_exp_coefficients`)
+EXP_COEFFS = tuple(float.fromhex(c) for c in (
+    "0x1.0000000000000p+0", "0x1.0000000000000p+0", "0x1.0000000000001p-1", "0x1.5555555555556p-3",
+    "0x1.5555555553b72p-5", "0x1.111111111091ap-7", "0x1.6c16c1794bd5cp-10", "0x1.a01a01a83a3a3p-13",
+    "0x1.a019b62aaa671p-16", "0x1.71de0be80e7e8p-19", "0x1.2894eb03786e2p-22", "0x1.af3cd7b3560d9p-26"))
+#: below this, e^x < 2^-1021 and the reference flushes the weight to 0 (a probability below
+#: 1e-307 of the most likely category's)
+EXP_UNDERFLOW = -708.0
 
 
 def reference_exp(x: Tensor) -> Tensor:
@@ -117,15 +125,17 @@ def reference_exp(x: Tensor) -> Tensor:
 
     .. math::  k = \lfloor x \log_2 e + \tfrac12 \rfloor,\quad
                r = (x - k\,\ln2_{hi}) - k\,\ln2_{lo},\quad
-               e^x \approx 2^k \sum_{i=0}^{13} c_i r^i,\ c_i = 1/i!
+               e^x \approx 2^k\,p(r),\ p(r) = \textstyle\sum_{i=0}^{11} c_i r^i
 
-    with :math:`|r| \le 0.35` (truncation error below :math:`10^{-17}`). The polynomial is
-    evaluated by Estrin's scheme, :math:`s_j = (c_{4j} + c_{4j+1} r) + (c_{4j+2} + c_{4j+3} r) r^2`,
-    :math:`p = (s_0 + s_1 r^4) + (s_2 + s_3 r^4) r^8` (:math:`s_3 = c_{12} + c_{13} r`), whose
-    short dependency chains vectorise well; the scaling by :math:`2^k` is split in two exact
-    powers of two so subnormal results round once. The error is at most two ulp (tested);
-    what matters is that every backend computes exactly these operations in this order.
-    ``x < -746`` and ``-inf`` give 0."""
+    with :math:`|r| \le 0.35` and the coefficients :data:`EXP_COEFFS`
+    (:func:`derive_exp_coefficients`: :math:`c_0 = c_1 = 1`, the rest interpolate
+    :math:`(e^r - 1 - r)/r^2` at Chebyshev nodes; truncation error about :math:`10^{-17}`). The
+    polynomial is evaluated by Estrin's scheme,
+    :math:`s_j = (c_{4j} + c_{4j+1} r) + (c_{4j+2} + c_{4j+3} r) r^2`,
+    :math:`p = (s_0 + s_1 r^4) + s_2 r^8`, whose short dependency chains vectorise well, and
+    :math:`2^k` is built from its IEEE bits. The error is below two ulp (tested); what matters
+    is that every backend computes exactly these operations in this order. ``x < -708`` and
+    ``-inf`` give 0."""
     c = EXP_COEFFS
     xc = x.clamp_min(EXP_UNDERFLOW)
     k = torch.floor(xc * LOG2E + 0.5)
@@ -136,17 +146,33 @@ def reference_exp(x: Tensor) -> Tensor:
     s0 = (c[0] + c[1] * r) + (c[2] + c[3] * r) * r2
     s1 = (c[4] + c[5] * r) + (c[6] + c[7] * r) * r2
     s2 = (c[8] + c[9] * r) + (c[10] + c[11] * r) * r2
-    s3 = c[12] + c[13] * r
-    p = (s0 + s1 * r4) + (s2 + s3 * r4) * r8
-    ki = k.to(torch.int64)
-    k1 = ki.clamp_min(-1000)
-    scaled = p * _pow2(k1) * _pow2(ki - k1)
-    return scaled.masked_fill(x < EXP_UNDERFLOW, 0.0)
+    p = (s0 + s1 * r4) + s2 * r8
+    scale = ((k.to(torch.int64) + 1023) << 52).view(torch.float64)  # exactly 2^k, k >= -1022
+    return (p * scale).masked_fill(x < EXP_UNDERFLOW, 0.0)
 
 
-def _pow2(k: Tensor) -> Tensor:
-    """Exactly 2^k for integer k in [-1022, 1023], from its IEEE bits."""
-    return ((k + 1023) << 52).view(torch.float64)
+def derive_exp_coefficients(degree: int = 11, half_width: Fraction = Fraction(35, 100)) -> tuple[float, ...]:
+    r"""Where :data:`EXP_COEFFS` come from: :math:`p(r) = 1 + r + r^2 q(r)` with :math:`q` the
+    polynomial of degree ``degree - 2`` through :math:`(e^r - 1 - r)/r^2` at the Chebyshev
+    nodes of :math:`[-h, h]`, solved in exact rational arithmetic from 50-digit values of
+    :math:`e^r`, then rounded to float64. Deterministic; a test checks it reproduces the table."""
+    n = degree - 1
+    with localcontext() as context:
+        context.prec = 60
+        nodes = [half_width * Fraction(math.cos(math.pi * (i + 0.5) / n)) for i in range(n)]
+        values = []
+        for r in nodes:
+            rd = Decimal(r.numerator) / Decimal(r.denominator)
+            values.append(Fraction((rd.exp() - 1 - rd) / (rd * rd)))
+    rows = [[r ** j for j in range(n)] + [v] for r, v in zip(nodes, values)]
+    for col in range(n):  # Gauss-Jordan elimination on the Vandermonde system
+        pivot = max(range(col, n), key=lambda i: abs(rows[i][col]))
+        rows[col], rows[pivot] = rows[pivot], rows[col]
+        for i in range(n):
+            if i != col and rows[i][col]:
+                factor = rows[i][col] / rows[col][col]
+                rows[i] = [a - factor * b for a, b in zip(rows[i], rows[col])]
+    return (1.0, 1.0) + tuple(float(rows[i][n] / rows[i][i]) for i in range(n))
 
 
 def certified_margin(vocab_size: int, total: Tensor) -> Tensor:
@@ -232,7 +258,7 @@ def check_codes(codes: Tensor) -> None:
     """Raise :class:`ValueError` if a backend reported a bad row."""
     if codes.numel() == 0:
         return
-    worst = int(codes.min())
+    worst = codes.min().item()
     if worst == NAN_OR_POSINF_LOGIT:
         raise ValueError("logits contain NaN or +inf (after the temperature) in a sampled row")
     if worst == NO_FINITE_LOGIT:
@@ -347,9 +373,15 @@ def _uniforms(u: Tensor, shape: tuple[int, ...], device: torch.device, name: str
     if not isinstance(u, Tensor) or tuple(u.shape) != shape:
         raise ValueError(f"{name} must be a tensor of shape {shape}, got "
                          f"{tuple(u.shape) if isinstance(u, Tensor) else type(u).__name__}")
-    u = u.to(device=device, dtype=torch.float64).reshape(-1).contiguous()
-    if u.numel() and not (bool((u >= 0).all()) and bool((u < 1).all())):
-        raise ValueError(f"{name} must lie in [0, 1)")
+    if u.dtype != torch.float64 or u.device != device:
+        u = u.to(device=device, dtype=torch.float64)
+    u = u.reshape(-1)
+    if not u.is_contiguous():
+        u = u.contiguous()
+    if u.numel():
+        low, high = torch.aminmax(u)
+        if low.item() < 0 or high.item() >= 1:
+            raise ValueError(f"{name} must lie in [0, 1)")
     return u
 
 

@@ -26,7 +26,7 @@ from ddkit.kernels import (
     NO_FINITE_LOGIT,
 )
 
-_C0, _C1, _C2, _C3, _C4, _C5, _C6, _C7, _C8, _C9, _C10, _C11, _C12, _C13 = EXP_COEFFS
+_C0, _C1, _C2, _C3, _C4, _C5, _C6, _C7, _C8, _C9, _C10, _C11 = EXP_COEFFS
 _ROUND_MAGIC = 6755399441055744.0  # 1.5 * 2^52: k + magic holds the integer k in its low bits
 _ROUND_MAGIC_BITS = 0x4338000000000000
 SMALL_TOP_K = 64  #: up to this k, top-k keeps a sorted list of the k largest instead of quickselect
@@ -61,11 +61,9 @@ def _exp(x):
     s0 = (_C0 + _C1 * r) + (_C2 + _C3 * r) * r2
     s1 = (_C4 + _C5 * r) + (_C6 + _C7 * r) * r2
     s2 = (_C8 + _C9 * r) + (_C10 + _C11 * r) * r2
-    s3 = _C12 + _C13 * r
-    p = (s0 + s1 * r4) + (s2 + s3 * r4) * r8
+    p = (s0 + s1 * r4) + s2 * r8
     ki = _float_bits(k + _ROUND_MAGIC) - _ROUND_MAGIC_BITS
-    k1 = max(ki, -1000)
-    value = (p * _bits_float((k1 + 1023) << 52)) * _bits_float((ki - k1 + 1023) << 52)
+    value = p * _bits_float((ki + 1023) << 52)
     return 0.0 if x < EXP_UNDERFLOW else value
 
 
@@ -210,8 +208,9 @@ def _gather_prefix(row, tau, w, buf, z_floor):
 
 
 @njit(cache=True)
-def _sample_row(row, u, tau, top_k, top_p, w, buf):
-    """The reference inverse CDF of one row (``w`` and ``buf``: scratch of length V)."""
+def _weights(row, tau, top_k, top_p, w, buf):
+    """Steps 1-4 of the reference: the filtered weights of one row into ``w``; returns 0, or
+    an error code (then ``w`` is undefined)."""
     V = row.shape[0]
     m, bad = _row_max(row)
     if bad:
@@ -225,38 +224,59 @@ def _sample_row(row, u, tau, top_k, top_p, w, buf):
     if tau == 0.0:
         for j in range(V):
             w[j] = 1.0 if np.float64(row[j]) == m else 0.0
-    elif top_k == 0:
+        return 0
+    if top_k == 0:
         for j in range(V):
             w[j] = _exp(_scaled(row[j], tau) - m)
     else:
         for j in range(V):
             w[j] = _scaled(row[j], tau)
-        if top_k <= SMALL_TOP_K:
+        if top_k * 32 <= V:
             kth = _kth_largest_small(w, top_k, buf)
         else:
             buf[:V] = w
             kth = _kth_largest(buf, V, top_k)
         for j in range(V):
             w[j] = _exp(w[j] - m) if w[j] >= kth else 0.0
-    if top_p < 1.0 and tau != 0.0:
+    if top_p < 1.0:
         _nucleus(row, tau, m, top_p, w, buf)
-    c = 0.0
-    for j in range(V):
-        c += w[j]
-        w[j] = c
-    target = u * c
+    return 0
+
+
+@njit(cache=True)
+def _search(cdf, u):
+    """Step 5 of the reference on a cumulative row: the first j with ``cdf[j] > u * cdf[-1]``,
+    else the last j where the CDF increases."""
+    V = cdf.shape[0]
+    target = u * cdf[V - 1]
     lo, hi = 0, V
     while lo < hi:
         mid = (lo + hi) >> 1
-        if w[mid] > target:
+        if cdf[mid] > target:
             hi = mid
         else:
             lo = mid + 1
-    if lo == V:  # u within an ulp of 1: the last category where the CDF increases
+    if lo == V:  # u within an ulp of 1
         lo = V - 1
-        while lo > 0 and w[lo] == w[lo - 1]:
+        while lo > 0 and cdf[lo] == cdf[lo - 1]:
             lo -= 1
     return lo
+
+
+@njit(cache=True)
+def _cumsum4(w):
+    """In-place sequential cumulative sums of the four rows of ``w``, interleaved: four
+    independent dependency chains, each in the reference's order."""
+    c0 = c1 = c2 = c3 = 0.0
+    for j in range(w.shape[1]):
+        c0 += w[0, j]
+        c1 += w[1, j]
+        c2 += w[2, j]
+        c3 += w[3, j]
+        w[0, j] = c0
+        w[1, j] = c1
+        w[2, j] = c2
+        w[3, j] = c3
 
 
 @njit(cache=True)
@@ -273,23 +293,45 @@ def _argmax_row(row):
     return index
 
 
+@njit(cache=True)
+def sample_span(logits, selected, uniforms, out, tau, top_k, top_p, argmax, lo, hi, w, buf):
+    """``out[i]`` for ``i`` in ``selected[lo:hi]``: the category of ``logits[i]`` drawn with
+    ``uniforms[i]`` (or the first maximal entry with ``argmax``). Rows go four at a time so
+    their sequential cumulative sums interleave (``w``: scratch ``[4, V]``, ``buf``: ``[V]``)."""
+    t = lo
+    while t < hi:
+        if argmax:
+            out[selected[t]] = _argmax_row(logits[selected[t]])
+            t += 1
+            continue
+        group = min(4, hi - t)
+        for r in range(group):
+            code = _weights(logits[selected[t + r]], tau, top_k, top_p, w[r], buf)
+            if code != 0:
+                w[r, :] = 1.0  # placeholder row, result replaced by the code below
+            out[selected[t + r]] = code
+        for r in range(group, 4):
+            w[r, :] = 0.0
+        _cumsum4(w)
+        for r in range(group):
+            i = selected[t + r]
+            if out[i] == 0:
+                out[i] = _search(w[r], uniforms[i])
+        t += group
+
+
 @njit(parallel=True, cache=True)
 def sample_rows(logits, selected, uniforms, out, tau, top_k, top_p, argmax, chunks):
-    """``out[i] = category of logits[i]`` drawn with ``uniforms[i]`` for every ``i`` in
-    ``selected`` (or the first maximal entry with ``argmax``); the rows are split in
-    ``chunks`` contiguous parts (a few per thread), each with its own scratch."""
+    """:func:`sample_span` over all of ``selected``, split in ``chunks`` contiguous parts (a
+    few per thread, each with its own scratch)."""
     n = selected.shape[0]
     V = logits.shape[1]
     chunks = min(n, chunks)
     for c in prange(chunks):
-        w = np.empty(V)
+        w = np.empty((4, V))
         buf = np.empty(V)
-        for t in range(c * n // chunks, (c + 1) * n // chunks):
-            i = selected[t]
-            if argmax:
-                out[i] = _argmax_row(logits[i])
-            else:
-                out[i] = _sample_row(logits[i], uniforms[i], tau, top_k, top_p, w, buf)
+        sample_span(logits, selected, uniforms, out, tau, top_k, top_p, argmax, c * n // chunks,
+                    (c + 1) * n // chunks, w, buf)
 
 
 @njit(cache=True)
@@ -304,11 +346,12 @@ def select_moving(x, p_unmask, u_move, mask_id):
     return selected[:n]
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def commit_topk(scores, eligible, k, out):
-    """Per row, the ``k[b]`` eligible positions of highest score, ties to the lower position."""
+    """Per row, the ``k[b]`` eligible positions of highest score, ties to the lower position
+    (serial: a batch of sequences is small work, below the cost of waking threads)."""
     B, N = scores.shape
-    for b in prange(B):
+    for b in range(B):
         buf = np.empty(N)
         n = 0
         for j in range(N):
@@ -333,13 +376,13 @@ def commit_topk(scores, eligible, k, out):
                         ties -= 1
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def mask_noise(x0, keep, uniforms, mask_id, out):
-    for i in prange(x0.shape[0]):
+    for i in range(x0.shape[0]):
         out[i] = x0[i] if uniforms[i] < keep[i] else mask_id
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def uniform_noise(x0, keep, u_keep, u_token, vocab_size, out):
-    for i in prange(x0.shape[0]):
+    for i in range(x0.shape[0]):
         out[i] = x0[i] if u_keep[i] < keep[i] else min(np.int64(u_token[i] * vocab_size), vocab_size - 1)

@@ -41,6 +41,8 @@ AUTO_OPS = frozenset({"categorical", "masked_step", "commit_topk", "mask_noise",
 HALF_CHUNK_ELEMENTS = 1 << 20
 #: row chunks per thread in a categorical kernel (balances rows of unequal cost)
 CHUNKS_PER_THREAD = 4
+#: categorical work (selected rows x V) up to which one thread samples without waking others
+SERIAL_WORK = 1 << 15
 
 _lock = threading.Lock()
 _impl = None
@@ -93,6 +95,18 @@ def _threads():
             numba.set_num_threads(previous)
 
 
+def _sample_rows(logits: np.ndarray, selected: np.ndarray, uniforms: np.ndarray, out: np.ndarray, options) -> None:
+    """Serial below :data:`SERIAL_WORK` logits (waking threads would cost more), else parallel."""
+    impl = kernels()
+    V = logits.shape[1]
+    if selected.shape[0] * V <= SERIAL_WORK or thread_budget() == 1:
+        impl.sample_span(logits, selected, uniforms, out, *options, 0, selected.shape[0], np.empty((4, V)),
+                         np.empty(V))
+        return
+    with _threads():
+        impl.sample_rows(logits, selected, uniforms, out, *options, CHUNKS_PER_THREAD * thread_budget())
+
+
 class NumbaKernels(KernelBackend):
     """CPU only; ``auto`` prefers it on CPU tensors for :data:`AUTO_OPS`."""
 
@@ -118,13 +132,10 @@ class NumbaKernels(KernelBackend):
 
     def _sample(self, logits: Tensor, selected: np.ndarray, uniforms: np.ndarray, out: np.ndarray,
                 token_filter: TokenFilter, argmax: bool) -> None:
-        impl = kernels()
         V = logits.shape[1]
-        options = (float(token_filter.temperature), token_filter.k_for(V), token_filter.p, argmax,
-                   CHUNKS_PER_THREAD * thread_budget())
+        options = (float(token_filter.temperature), token_filter.k_for(V), token_filter.p, argmax)
         if logits.dtype in (torch.float32, torch.float64):
-            with _threads():
-                impl.sample_rows(logits.numpy(), selected, uniforms, out, *options)
+            _sample_rows(logits.numpy(), selected, uniforms, out, options)
             return
         # float16 / bfloat16: convert only the selected rows, a chunk at a time (exact in float32)
         step = max(1, HALF_CHUNK_ELEMENTS // V)
@@ -132,26 +143,22 @@ class NumbaKernels(KernelBackend):
             chunk = selected[start:start + step]
             rows = logits.index_select(0, torch.from_numpy(chunk)).float().numpy()
             local = np.empty(chunk.shape[0], np.int64)
-            with _threads():
-                impl.sample_rows(rows, np.arange(chunk.shape[0]), uniforms[chunk], local, *options)
+            _sample_rows(rows, np.arange(chunk.shape[0]), uniforms[chunk], local, options)
             out[chunk] = local
 
     def commit_topk(self, scores: Tensor, eligible: Tensor, k: Tensor) -> Tensor:
         out = np.empty(tuple(scores.shape), np.bool_)
-        with _threads():
-            kernels().commit_topk(scores.numpy(), eligible.numpy(), k.numpy(), out)
+        kernels().commit_topk(scores.numpy(), eligible.numpy(), k.numpy(), out)
         return torch.from_numpy(out)
 
     def mask_noise(self, x0: Tensor, keep: Tensor, uniforms: Tensor, mask_id: int) -> Tensor:
         out = np.empty(x0.shape[0], np.int64)
-        with _threads():
-            kernels().mask_noise(x0.numpy(), keep.numpy(), uniforms.numpy(), mask_id, out)
+        kernels().mask_noise(x0.numpy(), keep.numpy(), uniforms.numpy(), mask_id, out)
         return torch.from_numpy(out)
 
     def uniform_noise(self, x0: Tensor, keep: Tensor, u_keep: Tensor, u_token: Tensor, vocab_size: int) -> Tensor:
         out = np.empty(x0.shape[0], np.int64)
-        with _threads():
-            kernels().uniform_noise(x0.numpy(), keep.numpy(), u_keep.numpy(), u_token.numpy(), vocab_size, out)
+        kernels().uniform_noise(x0.numpy(), keep.numpy(), u_keep.numpy(), u_token.numpy(), vocab_size, out)
         return torch.from_numpy(out)
 
 
