@@ -302,8 +302,7 @@ def parametrize_with_checks(components: Iterable[Any], *,
         for name, check in checks:
             marks = []
             if name in marks_for:
-                marks.append(pytest.mark.xfail(reason=marks_for[name], strict=True,
-                                               raises=(CheckFailure, Exception)))
+                marks.append(pytest.mark.xfail(reason=marks_for[name], strict=True))
             params.append(pytest.param(component, check, id=f"{desc}-{name}", marks=marks))
     if expected_failures is not None and not callable(expected_failures):
         _validate_expected(expected_failures, sorted(seen_names), "the given components")

@@ -40,6 +40,8 @@ Example::
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -294,12 +296,13 @@ class HiddenMarkovModel(SequenceDistribution):
                 f"seed={self.seed})")
 
 
+@dataclass
 class ForwardBackward:
-    """Result of :func:`forward_backward`: ``posterior`` ``[B, N, V]`` (or ``None``) and
-    ``log_likelihood`` ``[B]`` = :math:`\\log p(x_t)` under the channel."""
+    r"""Result of :func:`forward_backward`: ``posterior`` ``[B, N, V]`` (``None`` when not
+    asked for) and ``log_likelihood`` ``[B]`` = :math:`\log p(\text{obs})` under the channel."""
 
-    def __init__(self, posterior: Tensor | None, log_likelihood: Tensor):
-        self.posterior, self.log_likelihood = posterior, log_likelihood
+    posterior: Tensor | None
+    log_likelihood: Tensor
 
 
 def forward_backward(initial: Tensor, transition: Tensor, emission: Tensor, channel: Tensor,
