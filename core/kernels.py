@@ -38,7 +38,8 @@ and a uniform :math:`u`:
    :math:`z_j = \ell_j / \tau` (IEEE division; skipped for :math:`\tau = 1`);
 2. top-k: entries below the k-th largest :math:`z` (counted with multiplicity) become
    :math:`-\infty`; entries tied with it stay;
-3. :math:`w_j = \mathrm{rexp}(z_j - \max z)` with the reference exponential :func:`reference_exp`;
+3. :math:`w_j = \mathrm{rexp}(z_j - \max z)` with the reference exponential :func:`reference_exp`
+   (within two ulp of :math:`e^x`; 0 below :math:`-708`, a weight under :math:`10^{-307}`);
 4. top-p: :math:`T = \sum_j w_j` summed in index order; visiting the distinct values of
    :math:`z` in decreasing order with :math:`b_g` the sum of :math:`w` over all larger entries
    (summed in decreasing order), the group of value :math:`g` stays iff :math:`b_g < pT`
@@ -49,7 +50,8 @@ and a uniform :math:`u`:
    the last :math:`j` where :math:`C` increases.
 
 Every step is a correctly rounded IEEE operation in a fixed order, so any backend can
-reproduce it exactly. Rows with a NaN or :math:`+\infty` logit, or without any finite logit,
+reproduce it exactly. Extra memory is one uniform and one index per row, plus scratch of a
+few rows (never a float64 copy of the logits). Rows with a NaN or :math:`+\infty` logit, or without any finite logit,
 raise :class:`ValueError`.
 
 Certified fast paths
@@ -276,11 +278,13 @@ class KernelBackend:
 
     * ``categorical(logits [R, V], uniforms [R] float64, token_filter)`` -> ``[R]`` int64
       categories or error codes;
-    * ``masked_step(x [P] int64, logits [P, V], p_unmask [P] f64, u_move [P] f64,
-      u_token [P] f64, mask_id, token_filter, argmax)`` -> ``[P]`` int64 (error codes allowed);
+    * ``masked_step(x [B, N] int64, logits [B*N, V], p_unmask [B, 1] or [B, N] f64,
+      u_move [B, N] f64, u_token [B, N] f64, mask_id, token_filter, argmax)`` -> ``[B, N]``
+      int64 (error codes allowed);
     * ``commit_topk(scores [B, N] f64, eligible [B, N] bool, k [B] int64)`` -> ``[B, N]`` bool;
-    * ``mask_noise(x0 [P], keep [P] f64, u [P] f64, mask_id)`` -> ``[P]``;
-    * ``uniform_noise(x0 [P], keep [P] f64, u_keep [P] f64, u_token [P] f64, vocab_size)`` -> ``[P]``.
+    * ``mask_noise(x0 [B, N], keep [B, 1] or [B, N] f64, u [B, N] f64, mask_id)`` -> ``[B, N]``;
+    * ``uniform_noise(x0 [B, N], keep, u_keep [B, N] f64, u_token [B, N] f64, vocab_size)``
+      -> ``[B, N]``.
     """
 
     name: ClassVar[str] = ""
@@ -357,25 +361,26 @@ def _resolve(registry, backend: str, op: str, device: torch.device) -> KernelBac
 # -- operations --------------------------------------------------------------------------
 
 
-def _float64(t: Tensor | float, shape: tuple[int, ...], device: torch.device, name: str) -> Tensor:
+def _per_position(t: Tensor | float, shape: tuple[int, int], device: torch.device, name: str) -> Tensor:
+    """A probability per sequence or per position: float64 ``[B, 1]`` or ``[B, N]``, contiguous
+    (a per-sequence value is not expanded)."""
     t = torch.as_tensor(t, dtype=torch.float64, device=device)
-    if t.shape != shape:
-        if t.dim() == 1 and len(shape) == 2 and t.shape[0] == shape[0]:
-            t = t[:, None]
-        try:
-            t = t.expand(shape)
-        except RuntimeError:
-            raise ValueError(f"{name} of shape {tuple(t.shape)} does not broadcast to {shape}") from None
-    return t.reshape(-1).contiguous()
+    if t.dim() == 0:
+        t = t.expand(shape[0], 1)
+    elif t.dim() == 1 and t.shape[0] == shape[0]:
+        t = t[:, None]
+    if t.dim() != 2 or t.shape[0] != shape[0] or t.shape[1] not in (1, shape[1]):
+        raise ValueError(f"{name} of shape {tuple(t.shape)} does not broadcast to {shape}")
+    return t.contiguous()
 
 
 def _uniforms(u: Tensor, shape: tuple[int, ...], device: torch.device, name: str) -> Tensor:
+    """Check and convert uniforms: float64 of ``shape``, contiguous, in [0, 1)."""
     if not isinstance(u, Tensor) or tuple(u.shape) != shape:
         raise ValueError(f"{name} must be a tensor of shape {shape}, got "
                          f"{tuple(u.shape) if isinstance(u, Tensor) else type(u).__name__}")
     if u.dtype != torch.float64 or u.device != device:
         u = u.to(device=device, dtype=torch.float64)
-    u = u.reshape(-1)
     if not u.is_contiguous():
         u = u.contiguous()
     if u.numel():
@@ -383,6 +388,12 @@ def _uniforms(u: Tensor, shape: tuple[int, ...], device: torch.device, name: str
         if low.item() < 0 or high.item() >= 1:
             raise ValueError(f"{name} must lie in [0, 1)")
     return u
+
+
+def _tokens(x: Tensor, name: str) -> Tensor:
+    if not isinstance(x, Tensor) or x.dtype != torch.long or x.dim() != 2:
+        raise ValueError(f"{name} must be a LongTensor [B, N]")
+    return x if x.is_contiguous() else x.contiguous()
 
 
 def _logits(logits: Tensor) -> Tensor:
@@ -399,7 +410,7 @@ def categorical(logits: Tensor, uniforms: Tensor, *, temperature: float = 1.0, t
     docstring). Returns a LongTensor of shape ``logits.shape[:-1]``."""
     token_filter = TokenFilter(temperature, top_k, top_p)
     rows = _logits(logits)
-    u = _uniforms(uniforms, tuple(logits.shape[:-1]), rows.device, "uniforms")
+    u = _uniforms(uniforms, tuple(logits.shape[:-1]), rows.device, "uniforms").reshape(-1)
     if rows.shape[0] == 0:
         return torch.empty(logits.shape[:-1], dtype=torch.long, device=rows.device)
     out = resolve(backend, "categorical", rows.device).categorical(rows, u, token_filter)
@@ -410,22 +421,21 @@ def categorical(logits: Tensor, uniforms: Tensor, *, temperature: float = 1.0, t
 def masked_step(x: Tensor, logits: Tensor, p_unmask: Tensor | float, u_move: Tensor, u_token: Tensor, *,
                 mask_id: int, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                 argmax: bool = False, backend: str = AUTO) -> Tensor:
-    """One reverse step of masked diffusion (module docstring); returns the new ``x``."""
+    """One reverse step of masked diffusion (module docstring); returns the new ``x``.
+    ``p_unmask``: a number, one per sequence ``[B]`` or one per position ``[B, N]``."""
     token_filter = TokenFilter(temperature, top_k, top_p)
-    if not isinstance(x, Tensor) or x.dtype != torch.long or x.dim() != 2:
-        raise ValueError("x must be a LongTensor [B, N]")
+    x = _tokens(x, "x")
     if logits.dim() != 3 or tuple(logits.shape[:2]) != tuple(x.shape):
         raise ValueError(f"logits must have shape [B, N, V] = [{x.shape[0]}, {x.shape[1]}, V], "
                          f"got {tuple(logits.shape)}")
     shape, device = tuple(x.shape), x.device
     rows = _logits(logits).to(device)
-    p = _float64(p_unmask, shape, device, "p_unmask")
-    flat = x.reshape(-1).contiguous()
+    p = _per_position(p_unmask, shape, device, "p_unmask")
     out = resolve(backend, "masked_step", device).masked_step(
-        flat, rows, p, _uniforms(u_move, shape, device, "u_move"), _uniforms(u_token, shape, device, "u_token"),
+        x, rows, p, _uniforms(u_move, shape, device, "u_move"), _uniforms(u_token, shape, device, "u_token"),
         int(mask_id), token_filter, bool(argmax))
     check_codes(out)
-    return out.reshape(shape)
+    return out
 
 
 def commit_topk(scores: Tensor, eligible: Tensor, k: Tensor | int, *, backend: str = AUTO) -> Tensor:
@@ -443,21 +453,22 @@ def commit_topk(scores: Tensor, eligible: Tensor, k: Tensor | int, *, backend: s
 
 def mask_noise(x0: Tensor, keep_prob: Tensor | float, uniforms: Tensor, *, mask_id: int,
                backend: str = AUTO) -> Tensor:
-    r"""Forward noising of the masked process: :math:`x_t = x_0` iff :math:`u < \alpha_t`."""
+    r"""Forward noising of the masked process: :math:`x_t = x_0` iff :math:`u < \alpha_t`.
+    ``x0 [B, N]``; ``keep_prob`` (:math:`\alpha_t`): a number, ``[B]`` or ``[B, N]``."""
+    x0 = _tokens(x0, "x0")
     shape, device = tuple(x0.shape), x0.device
-    keep = _float64(keep_prob, shape, device, "keep_prob")
+    keep = _per_position(keep_prob, shape, device, "keep_prob")
     u = _uniforms(uniforms, shape, device, "uniforms")
-    out = resolve(backend, "mask_noise", device).mask_noise(x0.reshape(-1).contiguous(), keep, u, int(mask_id))
-    return out.reshape(shape)
+    return resolve(backend, "mask_noise", device).mask_noise(x0, keep, u, int(mask_id))
 
 
 def uniform_noise(x0: Tensor, keep_prob: Tensor | float, u_keep: Tensor, u_token: Tensor, *, vocab_size: int,
                   backend: str = AUTO) -> Tensor:
     r"""Forward noising of the uniform process: :math:`x_t = x_0` iff :math:`u < \alpha_t`,
-    else :math:`\lfloor u' V \rfloor`."""
+    else :math:`\lfloor u' V \rfloor`. Shapes as :func:`mask_noise`."""
+    x0 = _tokens(x0, "x0")
     shape, device = tuple(x0.shape), x0.device
-    keep = _float64(keep_prob, shape, device, "keep_prob")
-    out = resolve(backend, "uniform_noise", device).uniform_noise(
-        x0.reshape(-1).contiguous(), keep, _uniforms(u_keep, shape, device, "u_keep"),
-        _uniforms(u_token, shape, device, "u_token"), int(vocab_size))
-    return out.reshape(shape)
+    keep = _per_position(keep_prob, shape, device, "keep_prob")
+    return resolve(backend, "uniform_noise", device).uniform_noise(
+        x0, keep, _uniforms(u_keep, shape, device, "u_keep"), _uniforms(u_token, shape, device, "u_token"),
+        int(vocab_size))

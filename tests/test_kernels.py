@@ -174,6 +174,29 @@ def test_categorical_support_is_filter_logits(batch, data):
         assert all(bool(finite[row, j]) for j in drawn)
 
 
+@given(seed=st.integers(0, 2 ** 31), V=st.integers(33, 400), k_share=st.floats(0.0, 1.0), tied=st.booleans(),
+       top_p=top_p)
+def test_top_k_on_wide_rows(seed, V, k_share, tied, top_p):
+    """Rows wider than the selection's small-input cut-off, with many ties: the partition
+    passes of the k-th largest selection against a full sort."""
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(3, V, generator=gen, dtype=torch.float64) * 3
+    if tied:
+        logits = logits.round()
+    k = max(1, int(k_share * V))
+    u = torch.rand(3, generator=gen, dtype=torch.float64)
+    got = [K.categorical(logits, u, top_k=k, top_p=top_p, backend=b) for b in BACKENDS]
+    assert torch.equal(got[0], got[1])
+    kth = logits.sort(-1, descending=True).values[:, k - 1]
+    assert bool((logits.gather(-1, got[0][:, None]).squeeze(-1) >= kth).all())
+    scores, eligible = logits, torch.rand(3, V, generator=gen) < 0.8
+    chosen = [K.commit_topk(scores, eligible, torch.tensor([k, k // 2, V]), backend=b) for b in BACKENDS]
+    assert torch.equal(chosen[0], chosen[1])
+    for b, kb in enumerate([k, k // 2, V]):
+        ranked = sorted((j for j in range(V) if eligible[b, j]), key=lambda j: (-float(scores[b, j]), j))
+        assert set(torch.nonzero(chosen[0][b]).flatten().tolist()) == set(ranked[:kb])
+
+
 def test_certified_fast_path_defers_to_the_reference_at_boundaries(monkeypatch):
     """Uniforms that land exactly on a CDF boundary (ties, u = 0, u -> 1) make the torch fast
     path recompute those rows with the reference; both backends still agree."""

@@ -74,32 +74,37 @@ def _scaled(value, tau):
 
 
 @njit(cache=True)
-def _kth_largest(buf, n, k):
-    """The k-th largest (1-based, with multiplicity) of ``buf[:n]``, reordering ``buf``:
-    quickselect with a median-of-three pivot and a three-way partition (ties stay cheap)."""
-    lo, hi, target = 0, n, k - 1
-    while hi - lo > 1:
-        a, b, c = buf[lo], buf[(lo + hi) // 2], buf[hi - 1]
-        pivot = max(min(a, b), min(max(a, b), c))
-        lt, i, gt = lo, lo, hi  # [lo, lt) > pivot, [lt, i) == pivot, [gt, hi) < pivot
-        while i < gt:
-            v = buf[i]
-            if v > pivot:
-                buf[i], buf[lt] = buf[lt], v
-                lt += 1
-                i += 1
-            elif v < pivot:
-                gt -= 1
-                buf[i], buf[gt] = buf[gt], v
-            else:
-                i += 1
-        if target < lt:
-            hi = lt
-        elif target < gt:
+def _kth_largest(values, n, k, a, b):
+    """The k-th largest (1-based, with multiplicity) of ``values[:n]``: quickselect whose
+    partition copies the larger entries to ``a`` and the smaller to ``b`` with branch-free
+    conditional increments (no mispredicted branches); each pass reads one of the three
+    arrays and writes at indices never ahead of its reads, so it can work in place."""
+    source = 0  # 0: values, 1: a, 2: b
+    m = n
+    target = k
+    while True:
+        current = values if source == 0 else (a if source == 1 else b)
+        if m <= 32:
+            rest = current[:m].copy()
+            rest.sort()
+            return rest[m - target]
+        x, y, z = current[0], current[m // 2], current[m - 1]
+        pivot = max(min(x, y), min(max(x, y), z))
+        above = 0
+        below = 0
+        for i in range(m):
+            v = current[i]
+            a[above] = v
+            above += v > pivot
+            b[below] = v
+            below += v < pivot
+        if target <= above:
+            source, m = 1, above
+        elif target <= m - below:
             return pivot
         else:
-            lo = gt
-    return buf[lo]
+            target -= m - below
+            source, m = 2, below
 
 
 @njit(cache=True)
@@ -210,7 +215,7 @@ def _gather_prefix(row, tau, w, buf, z_floor):
 @njit(cache=True)
 def _weights(row, tau, top_k, top_p, w, buf):
     """Steps 1-4 of the reference: the filtered weights of one row into ``w``; returns 0, or
-    an error code (then ``w`` is undefined)."""
+    an error code (then ``w`` is undefined). ``buf``: scratch ``[2, V]``."""
     V = row.shape[0]
     m, bad = _row_max(row)
     if bad:
@@ -232,14 +237,13 @@ def _weights(row, tau, top_k, top_p, w, buf):
         for j in range(V):
             w[j] = _scaled(row[j], tau)
         if top_k * 32 <= V:
-            kth = _kth_largest_small(w, top_k, buf)
+            kth = _kth_largest_small(w, top_k, buf[0])
         else:
-            buf[:V] = w
-            kth = _kth_largest(buf, V, top_k)
+            kth = _kth_largest(w, V, top_k, buf[0], buf[1])
         for j in range(V):
             w[j] = _exp(w[j] - m) if w[j] >= kth else 0.0
     if top_p < 1.0:
-        _nucleus(row, tau, m, top_p, w, buf)
+        _nucleus(row, tau, m, top_p, w, buf[0])
     return 0
 
 
@@ -297,7 +301,7 @@ def _argmax_row(row):
 def sample_span(logits, selected, uniforms, out, tau, top_k, top_p, argmax, lo, hi, w, buf):
     """``out[i]`` for ``i`` in ``selected[lo:hi]``: the category of ``logits[i]`` drawn with
     ``uniforms[i]`` (or the first maximal entry with ``argmax``). Rows go four at a time so
-    their sequential cumulative sums interleave (``w``: scratch ``[4, V]``, ``buf``: ``[V]``)."""
+    their sequential cumulative sums interleave (``w``: scratch ``[4, V]``, ``buf``: ``[2, V]``)."""
     t = lo
     while t < hi:
         if argmax:
@@ -329,20 +333,25 @@ def sample_rows(logits, selected, uniforms, out, tau, top_k, top_p, argmax, chun
     chunks = min(n, chunks)
     for c in prange(chunks):
         w = np.empty((4, V))
-        buf = np.empty(V)
+        buf = np.empty((2, V))
         sample_span(logits, selected, uniforms, out, tau, top_k, top_p, argmax, c * n // chunks,
                     (c + 1) * n // chunks, w, buf)
 
 
 @njit(cache=True)
 def select_moving(x, p_unmask, u_move, mask_id):
-    """Positions that unmask in a masked reverse step: ``x == mask_id`` and ``u < p``."""
-    selected = np.empty(x.shape[0], np.int64)
+    """Flat indices of the positions that unmask in a masked reverse step: ``x == mask_id``
+    and ``u < p`` (``p_unmask``: ``[B, 1]`` per sequence or ``[B, N]``)."""
+    B, N = x.shape
+    per_position = p_unmask.shape[1] > 1
+    selected = np.empty(B * N, np.int64)
     n = 0
-    for i in range(x.shape[0]):
-        if x[i] == mask_id and u_move[i] < p_unmask[i]:
-            selected[n] = i
-            n += 1
+    for b in range(B):
+        for j in range(N):
+            p = p_unmask[b, j] if per_position else p_unmask[b, 0]
+            if x[b, j] == mask_id and u_move[b, j] < p:
+                selected[n] = b * N + j
+                n += 1
     return selected[:n]
 
 
@@ -351,8 +360,10 @@ def commit_topk(scores, eligible, k, out):
     """Per row, the ``k[b]`` eligible positions of highest score, ties to the lower position
     (serial: a batch of sequences is small work, below the cost of waking threads)."""
     B, N = scores.shape
+    buf = np.empty(N)
+    above = np.empty(N)
+    below = np.empty(N)
     for b in range(B):
-        buf = np.empty(N)
         n = 0
         for j in range(N):
             out[b, j] = False
@@ -361,7 +372,7 @@ def commit_topk(scores, eligible, k, out):
                 n += 1
         take = min(k[b], n)
         if take > 0:
-            kth = _kth_largest(buf, n, take)
+            kth = _kth_largest(buf, n, take, above, below)
             ties = take
             for j in range(N):
                 if eligible[b, j] and scores[b, j] > kth:
@@ -378,11 +389,22 @@ def commit_topk(scores, eligible, k, out):
 
 @njit(cache=True)
 def mask_noise(x0, keep, uniforms, mask_id, out):
-    for i in range(x0.shape[0]):
-        out[i] = x0[i] if uniforms[i] < keep[i] else mask_id
+    B, N = x0.shape
+    per_position = keep.shape[1] > 1
+    for b in range(B):
+        for j in range(N):
+            alpha = keep[b, j] if per_position else keep[b, 0]
+            out[b, j] = x0[b, j] if uniforms[b, j] < alpha else mask_id
 
 
 @njit(cache=True)
 def uniform_noise(x0, keep, u_keep, u_token, vocab_size, out):
-    for i in range(x0.shape[0]):
-        out[i] = x0[i] if u_keep[i] < keep[i] else min(np.int64(u_token[i] * vocab_size), vocab_size - 1)
+    B, N = x0.shape
+    per_position = keep.shape[1] > 1
+    for b in range(B):
+        for j in range(N):
+            alpha = keep[b, j] if per_position else keep[b, 0]
+            if u_keep[b, j] < alpha:
+                out[b, j] = x0[b, j]
+            else:
+                out[b, j] = min(np.int64(u_token[b, j] * vocab_size), vocab_size - 1)

@@ -101,7 +101,7 @@ def _sample_rows(logits: np.ndarray, selected: np.ndarray, uniforms: np.ndarray,
     V = logits.shape[1]
     if selected.shape[0] * V <= SERIAL_WORK or thread_budget() == 1:
         impl.sample_span(logits, selected, uniforms, out, *options, 0, selected.shape[0], np.empty((4, V)),
-                         np.empty(V))
+                         np.empty((2, V)))
         return
     with _threads():
         impl.sample_rows(logits, selected, uniforms, out, *options, CHUNKS_PER_THREAD * thread_budget())
@@ -127,7 +127,7 @@ class NumbaKernels(KernelBackend):
                     mask_id: int, token_filter: TokenFilter, argmax: bool) -> Tensor:
         out = x.numpy().copy()
         selected = kernels().select_moving(out, p_unmask.numpy(), u_move.numpy(), mask_id)
-        self._sample(logits, selected, u_token.numpy(), out, token_filter, argmax)
+        self._sample(logits, selected, u_token.numpy().reshape(-1), out.reshape(-1), token_filter, argmax)
         return torch.from_numpy(out)
 
     def _sample(self, logits: Tensor, selected: np.ndarray, uniforms: np.ndarray, out: np.ndarray,
@@ -152,12 +152,12 @@ class NumbaKernels(KernelBackend):
         return torch.from_numpy(out)
 
     def mask_noise(self, x0: Tensor, keep: Tensor, uniforms: Tensor, mask_id: int) -> Tensor:
-        out = np.empty(x0.shape[0], np.int64)
+        out = np.empty(tuple(x0.shape), np.int64)
         kernels().mask_noise(x0.numpy(), keep.numpy(), uniforms.numpy(), mask_id, out)
         return torch.from_numpy(out)
 
     def uniform_noise(self, x0: Tensor, keep: Tensor, u_keep: Tensor, u_token: Tensor, vocab_size: int) -> Tensor:
-        out = np.empty(x0.shape[0], np.int64)
+        out = np.empty(tuple(x0.shape), np.int64)
         kernels().uniform_noise(x0.numpy(), keep.numpy(), u_keep.numpy(), u_token.numpy(), vocab_size, out)
         return torch.from_numpy(out)
 

@@ -46,13 +46,14 @@ class TorchKernels(KernelBackend):
     def masked_step(self, x: Tensor, logits: Tensor, p_unmask: Tensor, u_move: Tensor, u_token: Tensor,
                     mask_id: int, token_filter: TokenFilter, argmax: bool) -> Tensor:
         out = x.clone()
-        selected = ((x == mask_id) & (u_move < p_unmask)).nonzero().squeeze(1)
+        flat, u_flat = out.view(-1), u_token.view(-1)
+        selected = ((x == mask_id) & (u_move < p_unmask)).view(-1).nonzero().squeeze(1)
         V = logits.shape[1]
         step = rows_per_chunk(selected.numel(), V, logits.device, divisor=_temporaries(token_filter))
         for start in range(0, selected.numel(), step):
             index = selected[start:start + step]
             rows = logits.index_select(0, index)
-            out[index] = argmax_rows(rows) if argmax else sample_chunk(rows, u_token[index], token_filter)
+            flat[index] = argmax_rows(rows) if argmax else sample_chunk(rows, u_flat[index], token_filter)
         return out
 
     def commit_topk(self, scores: Tensor, eligible: Tensor, k: Tensor) -> Tensor:
