@@ -93,7 +93,7 @@ class Trainer:
     ``training_curve.png`` and ``checkpoint.safetensors`` into ``run_dir``."""
 
     def __init__(self, pipeline: Pipeline, run_dir: Path | str, *, progress: bool | None = None,
-                 on_step: Callable[[int, float], None] | None = None):
+                 on_step: Callable[[int], None] | None = None):
         self.pipeline = pipeline
         self.cfg = pipeline.config.train
         self.run_dir = Path(run_dir)
@@ -129,11 +129,12 @@ class Trainer:
                 state[f"cuda.{i}"] = s
         return state
 
-    def save(self) -> Path:
+    def save(self, rng: dict[str, torch.Tensor] | None = None) -> Path:
+        """Write the checkpoint (atomically) with the current random state, or ``rng``."""
         config = self.pipeline.resolved_config()
         path = save_checkpoint(self.checkpoint_path, step=self.step, config=config, model=self.model,
                                ema=self.ema.module if self.ema else None, loss=self.pipeline.loss,
-                               optimizer=self.optimizer, rng=self.rng_state(),
+                               optimizer=self.optimizer, rng=rng if rng is not None else self.rng_state(),
                                extra={"ema_updates": self.ema.updates if self.ema else 0})
         self.last_checkpoint_step = self.step
         return path
@@ -199,7 +200,12 @@ class Trainer:
                                    f"Try a lower train.lr, more train.warmup_steps or train.grad_clip.")
 
     def fit(self, stop_at: int | None = None) -> TrainResult:
-        """Train from the current step to ``train.steps`` (or ``stop_at``), then save."""
+        """Train from the current step to ``train.steps`` (or ``stop_at``), then save.
+
+        Losses stay on the device until a sync point (a metrics line, validation, a
+        checkpoint, the end), so a GPU is never stalled; every loss is checked before
+        anything is saved, and a non-finite one is reported with its own step.
+        ``on_step(step)`` is called after each optimizer step."""
         cfg, pipeline = self.cfg, self.pipeline
         atomic_write_text(self.run_dir / "config.yaml", to_yaml(pipeline.resolved_config()))
         last = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
@@ -208,42 +214,56 @@ class Trainer:
         tokens_per_step = cfg.batch_size * seq_len * cfg.grad_accum
         self.model.train()
         result = TrainResult(step=self.step)
+        pending: list[torch.Tensor] = []  # losses of the steps since the last sync point
+        interval: list[float] = []
+
+        def sync() -> list[float]:
+            if not pending:
+                return []
+            values = torch.stack(pending).tolist()
+            first = self.step - len(pending) + 1
+            pending.clear()
+            for offset, value in enumerate(values):
+                self._check_finite(value, first + offset)
+            result.losses.extend(values)
+            interval.extend(values)
+            return values
+
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not self.progress, desc="train",
                    unit="step", dynamic_ncols=True, mininterval=0.5)
-        interval_loss, interval_steps, interval_start = 0.0, 0, time.perf_counter()
-        start = time.perf_counter()
+        interval_start = start = time.perf_counter()
+        step_start_rng, in_step = None, False
         try:
             while self.step < last:
                 step = self.step + 1
+                step_start_rng, in_step = self.rng_state(), True
                 lr = learning_rate(step, cfg)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-                step_loss = 0.0
+                step_loss = None
                 for _ in range(cfg.grad_accum):
                     x0 = train.windows(cfg.batch_size, seq_len, self.data_generator).to(device, non_blocking=True)
                     with pipeline.autocast():
                         out = pipeline.loss(self.denoiser, x0, generator=self.loss_generator)
-                    value = float(out.loss.detach())
-                    self._check_finite(value, step)
-                    (out.loss / cfg.grad_accum).backward()
-                    step_loss += value / cfg.grad_accum
+                    loss = out.loss if cfg.grad_accum == 1 else out.loss / cfg.grad_accum
+                    loss.backward()
+                    step_loss = loss.detach() if step_loss is None else step_loss + loss.detach()
                 grad_norm = (torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
                              if cfg.grad_clip is not None else None)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 if self.ema is not None:
                     self.ema.update(self.model)
-                self.step = step
-                result.losses.append(step_loss)
-                interval_loss += step_loss
-                interval_steps += 1
+                self.step, in_step = step, False
+                pending.append(step_loss)
                 bar.update(1)
                 if self.on_step is not None:
-                    self.on_step(step, step_loss)
+                    self.on_step(step)
                 if step % cfg.log_every == 0 or step == last:
+                    sync()
                     now = time.perf_counter()
-                    mean = interval_loss / interval_steps
-                    speed = interval_steps * tokens_per_step / max(now - interval_start, 1e-9)
+                    mean = sum(interval) / len(interval)
+                    speed = len(interval) * tokens_per_step / max(now - interval_start, 1e-9)
                     record = {"step": step, "split": "train", "loss": mean, "bits_per_token": mean / math.log(2),
                               "lr": lr, "tokens_per_s": speed, "elapsed_s": now - start}
                     if grad_norm is not None:
@@ -251,18 +271,24 @@ class Trainer:
                     self.metrics.write(record)
                     bar.set_postfix(loss=f"{mean:.3f}", bpt=f"{mean / math.log(2):.3f}",
                                     tok_s=f"{speed:,.0f}", refresh=False)
-                    interval_loss, interval_steps, interval_start = 0.0, 0, now
+                    interval.clear()
+                    interval_start = now
                 if cfg.eval_every and step % cfg.eval_every == 0 and step != last:
+                    sync()
                     self._log_validation(step)
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step != last:
+                    sync()
                     self.save()
         except KeyboardInterrupt:
             bar.close()
+            sync()
             if self.step > (self.last_checkpoint_step or 0):
-                self.save()
+                # an unfinished step is repeated on resume, with the random state it started from
+                self.save(rng=step_start_rng if in_step else None)
             raise
         finally:
             bar.close()
+        sync()
         result.seconds = time.perf_counter() - start
         result.tokens_per_second = len(result.losses) * tokens_per_step / max(result.seconds, 1e-9)
         result.validation = self._log_validation(self.step)
@@ -280,7 +306,7 @@ class Trainer:
 
 def train_pipeline(pipeline: Pipeline, run_dir: Path | str, *, resume: bool = False,
                    progress: bool | None = None, stop_at: int | None = None,
-                   on_step: Callable[[int, float], None] | None = None) -> tuple[Trainer, TrainResult]:
+                   on_step: Callable[[int], None] | None = None) -> tuple[Trainer, TrainResult]:
     """Train (or resume) a pipeline in ``run_dir``."""
     trainer = Trainer(pipeline, run_dir, progress=progress, on_step=on_step)
     if resume:

@@ -33,7 +33,8 @@ def test_defaults_and_overrides():
     cfg = with_(["train.steps=7", "train.lr=3e-4", "sampler={name: first_hitting, temperature: 0.5}"])
     assert cfg.train.steps == 7 and cfg.train.lr == pytest.approx(3e-4)
     # a mapping replaces the whole component; parameters are validated and defaults filled
-    assert cfg.sampler == {"name": "first_hitting", "temperature": 0.5, "top_k": None, "top_p": None}
+    assert cfg.sampler.items() >= {"name": "first_hitting", "temperature": 0.5, "top_k": None, "top_p": None}.items()
+    assert "steps" not in cfg.sampler  # the ancestral sampler's parameters are gone
     assert cfg.process == {"name": "masked", "schedule": {"name": "linear"}}
     assert cfg.loss["name"] == "continuous_elbo" and "process" not in cfg.loss
 

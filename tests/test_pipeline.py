@@ -158,3 +158,17 @@ def test_pipeline_builds_from_a_resolved_config_without_data(run_dir):
     config = load_pipeline(run_dir / "config.yaml")
     pipeline = Pipeline.build(config, load_data=False)
     assert pipeline.data is None and pipeline.tokenizer.vocab_size == config.model["vocab_size"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_tiny_run_on_cuda_with_bf16_autocast(tmp_path):
+    config = load_pipeline(QUICKSTART, [*TINY, "train.device=cuda", "train.precision=bf16"])
+    result = run_pipeline(config, tmp_path / "cuda", log=lambda *_: None)
+    assert result.train.step == 4 and all(map(lambda v: v == v, result.train.losses))
+    assert next(Pipeline.build(config).model.parameters()).is_cuda
+    c = result.evaluation["continuous"]
+    assert 0 < c["nats_per_token"] < 10 and len(result.samples.texts) == 2
+    again = invoke("sample", "--run", tmp_path / "cuda", "--seed", 3, "--no-show", "--out", tmp_path / "a.txt")
+    assert again.exit_code == 0, again.output
+    invoke("sample", "--run", tmp_path / "cuda", "--seed", 3, "--no-show", "--out", tmp_path / "b.txt")
+    assert (tmp_path / "a.txt").read_text() == (tmp_path / "b.txt").read_text()
