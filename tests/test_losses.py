@@ -24,37 +24,38 @@ def count_denoiser(x_t, t):
     return base.expand(*x_t.shape, V) * (1.0 + masks[..., None]) + 0.1 * masks[..., None]
 
 
-def exact_integrand(process, log_mean_fn, t, term):
-    """E_{q(x_t|x0)} [sum_n term] by enumerating all 2^N masking patterns."""
+PATTERNS = torch.tensor(list(itertools.product([0, 1], repeat=N)), dtype=torch.bool)  # [2^N, N]
+X_T = torch.where(PATTERNS, torch.full_like(PATTERNS, V, dtype=torch.long), X0)  # every masking of X0
+
+
+def pattern_probs(process, t):
+    """q(x_t = pattern | x0) for every masking pattern: prod alpha^(clean) (1 - alpha)^(masked)."""
     a = float(process.schedule.alpha(f64(t)))
-    total = 0.0
-    for pattern in itertools.product([0, 1], repeat=N):
-        m = torch.tensor(pattern, dtype=torch.bool)[None]
-        x_t = torch.where(m, torch.full_like(X0, V), X0)
-        prob = math.prod((1 - a) if b else a for b in pattern)
-        if prob == 0:
-            continue
-        total += prob * float(term(x_t, log_mean_fn(x_t)).sum())
-    return total
+    return torch.where(PATTERNS, 1 - a, a).double().prod(-1)
 
 
-def log_mean_of(process):
+def pattern_log_mean(process):
+    """The (time-independent) denoiser's log mu for every masking pattern, computed once."""
     param = ddkit.build("parameterization", "mean")
-    return lambda x_t: param.log_mean(count_denoiser, x_t, torch.zeros(1), process).double()
+    return param.log_mean(count_denoiser, X_T, torch.zeros(len(X_T)), process).double()
+
+
+def expectation(process, t, per_token):
+    """E_{q(x_t|x0)} [sum_n per_token] from its value at every masking pattern."""
+    return float((pattern_probs(process, t) * per_token.sum(-1)).sum())
 
 
 def exact_continuous(process):
-    lm = log_mean_of(process)
     x, w = np.polynomial.legendre.leggauss(200)
     nodes, weights = (x + 1) / 2, w / 2
-    return sum(wi * exact_integrand(process, lm, ti, lambda xt, l, ti=ti: process.continuous_elbo(X0, xt, l, f64([ti])))
+    log_mean, x0 = pattern_log_mean(process), X0.expand_as(X_T)
+    return sum(wi * expectation(process, ti, process.continuous_elbo(x0, X_T, log_mean, f64(ti)))
                for ti, wi in zip(nodes, weights))
 
 
 def exact_discrete(process, T):
-    lm = log_mean_of(process)
-    return sum(exact_integrand(process, lm, i / T,
-                               lambda xt, l, i=i: process.discrete_elbo(X0, xt, l, f64([(i - 1) / T]), f64([i / T])))
+    log_mean, x0 = pattern_log_mean(process), X0.expand_as(X_T)
+    return sum(expectation(process, i / T, process.discrete_elbo(x0, X_T, log_mean, f64((i - 1) / T), f64(i / T)))
                for i in range(1, T + 1))
 
 
