@@ -3,12 +3,13 @@ r"""The parameterization protocol: from a denoiser's output to what the process 
 The mean (:math:`x_0`-prediction) parameterization gives
 :math:`\log \mu_\theta(x_t, t) \in \mathbb{R}^{B \times N \times V}`, the model's
 distribution over the clean token at every position. Other parameterizations (e.g. score
-ratios :math:`s_\theta(x_t, t)_j \approx q_t(j)/q_t(x_t)`) provide their own quantities and
-declare which processes they serve.
+ratios :math:`s_\theta(x_t, t)_j \approx q_t(j)/q_t(x_t)`, SEDD) provide their own quantities
+(:meth:`Parameterization.log_score`) and say which one they predict in ``predicts``.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from .denoiser import Denoiser
@@ -21,6 +22,19 @@ class Parameterization:
 
     time_conditioning: bool = False
 
+    #: what the network predicts: ``"mean"`` (a clean-token distribution) or ``"score"``
+    #: (ratios); samplers that can use either pick the matching path
+    predicts: str = "mean"
+
     def log_mean(self, denoiser: Denoiser, x_t: Tensor, t: Tensor, process: Process) -> Tensor:
         r""":math:`\log \mu_\theta(x_t, t)`, shape ``[B, N, V]``."""
         raise NotImplementedError(f"{type(self).__name__} does not provide a mean prediction")
+
+    def log_score(self, denoiser: Denoiser, x_t: Tensor, t: Tensor, process: Process) -> Tensor:
+        r""":math:`\log s_\theta(x_t, t)_j \approx \log q_t(j)/q_t(x_t)` over the clean tokens,
+        shape ``[B, N, V]`` (float64). By default the ratios implied by the mean,
+        :math:`s_j = \sum_{x_0} \mu_\theta(x_0) \bar Q(t)_{x_0 j}/\bar Q(t)_{x_0 x_t}`
+        (:meth:`ddkit.Process.score_from_mean`, at the true ``t``); for the masked process at
+        :math:`x_t = m` this is :math:`\frac{\alpha_t}{1-\alpha_t}\mu_\theta(x_t)_j`."""
+        mean = self.log_mean(denoiser, x_t, t, process).to(torch.float64).exp()
+        return torch.log(process.score_from_mean(x_t, mean, t))

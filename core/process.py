@@ -134,3 +134,167 @@ class Process:
         r""":math:`\mathrm{KL}(q(x_1 \mid x_0) \,\|\, p(x_1))` per token, in nats."""
         q1 = self.marginal_probs(x0, torch.ones((), dtype=torch.float64))
         return kl_categorical(q1, self.prior_probs().to(q1))
+
+    # -- the reverse CTMC in the score (ratio) form ----------------------------------------
+    #
+    # Score (SEDD's concrete score): the ratios s(x_t, t)_j = q_t(j) / q_t(x_t) over the clean
+    # tokens j, shape [B, N, V]; the entry j = x_t is 1 by definition. States beyond the clean
+    # vocabulary (a mask) must be absorbing (zero row of R), so the reverse rate into them,
+    # R(t)[m, x] s_m, is 0 and their ratios are never needed. The generic versions below work
+    # on the dense matrices, one matrix per distinct time (O(S^2) memory per time);
+    # processes override them with closed forms.
+
+    def score_from_mean(self, x_t: Tensor, mean: Tensor, t: Tensor) -> Tensor:
+        r"""The ratios implied by a clean-token distribution :math:`\mu \approx p(x_0 \mid x_t)`:
+
+        .. math::  s_j = \frac{q_t(j)}{q_t(x_t)} = \sum_{x_0} \mu(x_0)\,
+                   \frac{\bar Q(t)_{x_0, j}}{\bar Q(t)_{x_0, x_t}}
+
+        (exact for the true posterior). ``mean`` ``[B, N, V]``; returns ``[B, N, V]`` float64."""
+        V = self.vocab_size
+        out = torch.empty(*x_t.shape, V, dtype=torch.float64, device=x_t.device)
+        mean = mean.to(torch.float64)
+        for (tt,), where in _time_groups(x_t, t):
+            q = self.marginal_matrix(tt)[:V].to(x_t.device)  # [V, S], rows x0
+            x = x_t[where]
+            denominator = q[:, x].movedim(0, -1)  # [..., V]: q(x_t | x0)
+            weights = torch.where(mean[where] > 0, mean[where] / denominator.clamp_min(_TINY), 0.0)
+            out[where] = weights @ q[:, :V]
+        return out
+
+    def reverse_rates(self, x_t: Tensor, score: Tensor, t: Tensor) -> Tensor:
+        r"""Row :math:`x_t` of the reverse generator, ``[B, N, S]`` float64:
+
+        .. math::  \hat R_t(x_t \to y) = R(t)_{y, x_t}\, s(x_t, t)_y \quad (y \ne x_t), \qquad
+                   \hat R_t(x_t \to x_t) = -\sum_{y \ne x_t} \hat R_t(x_t \to y)
+
+        (the true reverse rates when :math:`s` is the true ratio). ``score`` ``[B, N, V]``."""
+        V, S = self.vocab_size, self.num_states
+        out = torch.zeros(*x_t.shape, S, dtype=torch.float64, device=x_t.device)
+        score = score.to(torch.float64)
+        for (tt,), where in _time_groups(x_t, t):
+            rates = self.rate_matrix(tt).to(x_t.device)  # [S, S]
+            x = x_t[where]
+            into = rates[:, x].movedim(0, -1).masked_fill(_onehot(x, S), 0.0)  # R(t)[y, x_t], y != x_t
+            _check_absorbing_extra_states(into, V)
+            row = torch.zeros_like(into)
+            row[..., :V] = into[..., :V] * score[where]
+            out[where] = _with_diagonal(row, x)
+        return out
+
+    def score_posterior(self, x_t: Tensor, score: Tensor, s: Tensor, t: Tensor) -> Tensor:
+        r"""The analytic (Tweedie) reverse step of SEDD from the ratios, ``[B, N, S]`` float64:
+
+        .. math::  p(x_s = y \mid x_t) \propto \big[\hat s^\top \bar Q(s, t)^{-1}\big]_y^{+}\,
+                   \bar Q(s, t)_{y, x_t}
+
+        with :math:`\hat s` the ratios over all states (:math:`\hat s_{x_t} = 1`, extra states
+        other than :math:`x_t` set to 0: absorbing, they cannot lead to :math:`x_t`). Exact for
+        the true ratios, since :math:`q_s^\top = q_t^\top \bar Q(s,t)^{-1}`; negative entries
+        of an approximate score are clipped. Needs :math:`\bar Q(s, t)` invertible (it is not
+        where :math:`\alpha_t = 0`: the ratios at full noise carry no information)."""
+        V, S = self.vocab_size, self.num_states
+        out = torch.empty(*x_t.shape, S, dtype=torch.float64, device=x_t.device)
+        full = _full_score(x_t, score, S)
+        for (ss, tt), where in _time_groups(x_t, s, t):
+            q = self.transition_matrix(ss, tt).to(x_t.device)  # [S, S]
+            try:
+                solved = torch.linalg.solve(q, full[where], left=False)  # s^T Q^{-1}
+            except RuntimeError as error:  # torch.linalg.LinAlgError
+                raise ValueError(
+                    f"the analytic step from t = {float(tt)} to s = {float(ss)} needs an invertible "
+                    f"transition matrix; Q(s, t) is singular (alpha_t = 0?). Start below the "
+                    f"singular time or use a schedule with alpha_1 > 0") from error
+            out[where] = solved.clamp_min(0.0) * q[:, x_t[where]].movedim(0, -1)
+        return _normalise(out)
+
+    def score_entropy(self, x0: Tensor, x_t: Tensor, log_score: Tensor, t: Tensor) -> Tensor:
+        r"""Denoising score entropy (SEDD) at time ``t``, per token, in nats:
+
+        .. math::  \sum_{y \ne x_t} R(t)_{y, x_t}\Big(s_y - r_y \log s_y + r_y \log r_y - r_y\Big),
+                   \qquad r_y = \frac{\bar Q(t)_{x_0, y}}{\bar Q(t)_{x_0, x_t}}
+
+        with :math:`s = \exp(\text{log\_score})`. It is :math:`\lim_{h \to 0} \frac1h
+        \mathrm{KL}(q(x_{t-h} \mid x_t, x_0) \,\|\, p_s(x_{t-h} \mid x_t))` for the reverse
+        rates :math:`R(t)_{y, x_t} s_y`, so :math:`\int_0^1 \mathbb E_{q(x_t|x_0)}[\cdot]\,dt`
+        (plus the prior term) bounds :math:`-\log p(x_0)`; with
+        :math:`s` = :meth:`score_from_mean` it is the continuous-time ELBO integrand."""
+        V, S = self.vocab_size, self.num_states
+        out = torch.empty(x_t.shape, dtype=torch.float64, device=x_t.device)
+        log_score = log_score.to(torch.float64)
+        for (tt,), where in _time_groups(x_t, t):
+            rates = self.rate_matrix(tt).to(x_t.device)
+            q = self.marginal_matrix(tt)[:V].to(x_t.device)  # [V, S]
+            x, clean = x_t[where], x0[where]
+            into = rates[:, x].movedim(0, -1).masked_fill(_onehot(x, S), 0.0)  # R(t)[y, x_t], y != x_t
+            _check_absorbing_extra_states(into, V)
+            weight = into[..., :V]
+            ratio = q[clean, :V] / q[clean, x][..., None].clamp_min(_TINY)  # r_y
+            out[where] = _score_entropy_terms(weight, ratio, log_score[where])
+        return out
+
+
+_TINY = torch.finfo(torch.float64).tiny
+
+
+def _time_groups(x: Tensor, *times: Tensor | float):
+    r"""Yield ``((t_1, t_2, ...), where)`` for every distinct tuple of per-token times
+    (each broadcast to ``x.shape`` with :func:`per_token`); ``where`` is the boolean mask of the
+    positions with those times, or ``...`` (every position) when there is one tuple, which
+    keeps indexing cheap. Dense generic computations then build one matrix per tuple."""
+    columns = [per_token(t, x).reshape(-1) for t in times]
+    if all(bool((c == c[0]).all()) for c in columns):  # one time for every token (samplers)
+        yield tuple(c[0].cpu() for c in columns), ...
+        return
+    code = torch.zeros_like(columns[0], dtype=torch.long)
+    values = []
+    for c in columns:  # encode the tuple of distinct-value indices as one integer
+        unique, index = torch.unique(c, return_inverse=True)
+        code = code * len(unique) + index
+        values.append(unique)
+    codes, inverse = torch.unique(code, return_inverse=True)
+    inverse = inverse.reshape(x.shape)
+    for i, value in enumerate(codes.tolist()):
+        digits = []
+        for unique in reversed(values):
+            value, digit = divmod(value, len(unique))
+            digits.append(unique[digit].cpu())
+        yield tuple(reversed(digits)), inverse == i
+
+
+def _onehot(x: Tensor, size: int) -> Tensor:
+    return torch.nn.functional.one_hot(x, size).bool()
+
+
+def _check_absorbing_extra_states(into: Tensor, vocab_size: int) -> None:
+    if into.shape[-1] > vocab_size and bool((into[..., vocab_size:] > 0).any()):
+        raise ValueError("the score form needs every state beyond the vocabulary to be absorbing: "
+                         "the rate R(t)[extra, x] from an extra state into another state must be 0")
+
+
+def _with_diagonal(row: Tensor, x: Tensor) -> Tensor:
+    """Set entry ``x`` of each generator row to minus the sum of the others."""
+    row = row.masked_fill(_onehot(x, row.shape[-1]), 0.0)
+    return row.scatter(-1, x[..., None], -row.sum(-1, keepdim=True))
+
+
+def _full_score(x_t: Tensor, score: Tensor, num_states: int) -> Tensor:
+    r"""Ratios over all states: the clean ones from ``score``, :math:`\hat s_{x_t} = 1`,
+    other extra states 0."""
+    full = torch.zeros(*x_t.shape, num_states, dtype=torch.float64, device=x_t.device)
+    full[..., : score.shape[-1]] = score.to(torch.float64)
+    return full.scatter(-1, x_t[..., None], 1.0)
+
+
+def _normalise(probs: Tensor) -> Tensor:
+    total = probs.sum(-1, keepdim=True)
+    return torch.where(total > 0, probs / total.clamp_min(_TINY), probs)
+
+
+def _score_entropy_terms(weight: Tensor, ratio: Tensor, log_score: Tensor) -> Tensor:
+    r""":math:`\sum_y w_y (s_y - r_y \log s_y + r_y \log r_y - r_y)` over the last axis, with
+    :math:`0 \log 0 = 0`, terms of weight 0 dropped (even where :math:`s_y` is 0 or infinite)."""
+    score = log_score.exp()
+    cross = torch.where(ratio > 0, ratio * log_score, 0.0)
+    terms = score - cross + torch.xlogy(ratio, ratio) - ratio
+    return torch.where(weight > 0, weight * terms, 0.0).sum(-1)

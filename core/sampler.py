@@ -68,17 +68,24 @@ def time_grid(num_steps: int, grid: Grid = "uniform", *, dtype: torch.dtype = to
 
 
 class DenoiserCalls:
-    r"""Calls ``parameterization.log_mean(denoiser, x, t, process)``, counting calls in
-    ``nfe``. With ``cache=True`` and a parameterization without time conditioning, a call
-    with the same ``x`` as the previous one returns the previous output without calling the
-    denoiser (valid only because the output cannot depend on ``t``)."""
+    r"""Calls ``parameterization.log_mean(denoiser, x, t, process)`` (or, with
+    ``output="log_score"``, ``parameterization.log_score``), counting calls in ``nfe``. With
+    ``cache=True`` and a parameterization without time conditioning, a call with the same
+    ``x`` as the previous one returns the previous output without calling the denoiser (valid
+    only because the output cannot depend on ``t``; ratios derived from a mean depend on ``t``
+    through the process, so ``log_score`` is cached only for a parameterization that predicts
+    the score itself)."""
 
     def __init__(self, denoiser: Denoiser, process: Process, parameterization: Parameterization,
-                 *, cache: bool = False):
+                 *, cache: bool = False, output: Literal["log_mean", "log_score"] = "log_mean"):
+        if output not in ("log_mean", "log_score"):
+            raise ValueError(f"output must be 'log_mean' or 'log_score', got {output!r}")
         self.denoiser = denoiser
         self.process = process
         self.parameterization = parameterization
-        self.cache = cache and not parameterization.time_conditioning
+        self.output = output
+        direct = output == "log_mean" or getattr(parameterization, "predicts", "mean") == "score"
+        self.cache = cache and direct and not parameterization.time_conditioning
         self.nfe = 0
         self._last_x: Tensor | None = None
         self._last_out: Tensor | None = None
@@ -87,7 +94,7 @@ class DenoiserCalls:
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
         if self.cache and self._last_x is not None and torch.equal(self._last_x, x):
             return self._last_out
-        out = self.parameterization.log_mean(self.denoiser, x, t, self.process)
+        out = getattr(self.parameterization, self.output)(self.denoiser, x, t, self.process)
         self.nfe += 1
         if self.cache:
             self._last_x, self._last_out = x.clone(), out

@@ -25,6 +25,10 @@ SAMPLERS = [
     ("ancestral", {"steps": 4, "temperature": 0.8, "top_k": 3, "top_p": 0.9, "final_argmax": True}),
     ("first_hitting", {}),
     ("first_hitting", {"temperature": 0.5, "parameterization": {"name": "mean", "time_conditioning": True}}),
+    # also run with the uniform and matrix processes in tests/test_euler_sampler.py and
+    # tests/test_analytic_sampler.py
+    ("euler", {"steps": 8}),
+    ("analytic", {"steps": 8, "top_p": 0.9}),
 ]
 
 PAIRS = [(ddkit.build("sampler", name, **params), masked(schedule))
