@@ -2,7 +2,8 @@
 
 Both run the same network (same initial weights), the same batches (random windows of
 the same data, same batch size and length) and the same loss object; the bare loop is
-the minimum anyone would write: windows -> loss -> backward -> AdamW step. The trainer
+the minimum anyone would write: windows -> loss -> backward -> AdamW step (the same AdamW
+construction, fused where torch provides it). The trainer
 adds what ``ddkit train`` always does (learning-rate schedule, gradient clipping, EMA,
 NaN check, metrics and progress bar). Rounds alternate between the two so that a change
 in machine load hits both alike; the printed ratio is the median over rounds of
@@ -23,7 +24,7 @@ import torch
 
 from ddkit.config import load_pipeline
 from ddkit.contrib.pipeline import Pipeline
-from ddkit.contrib.training import Trainer
+from ddkit.contrib.training import Trainer, make_optimizer
 
 
 def trainer_round(config, steps: int, warmup: int, workdir: str) -> float:
@@ -49,7 +50,7 @@ def bare_round(config, steps: int, warmup: int) -> float:
     pipeline = Pipeline.build(config)
     model, loss, device = pipeline.model, pipeline.loss, pipeline.device
     cfg = config.train
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(list(model.parameters()), cfg)  # the same AdamW (fused where available)
     data_generator = torch.Generator().manual_seed(config.seed + 1)
     loss_generator = torch.Generator(device=device).manual_seed(config.seed + 2)
     train, seq_len = pipeline.data["train"], config.data.seq_len

@@ -60,6 +60,18 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with the config's settings; the fused implementation (one kernel for all
+    parameters, CPU or CUDA) where this torch provides it."""
+    kwargs = {"lr": cfg.lr, "betas": cfg.betas, "weight_decay": cfg.weight_decay}
+    if all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params):
+        try:
+            return torch.optim.AdamW(params, fused=True, **kwargs)
+        except (RuntimeError, ValueError, TypeError):
+            pass
+    return torch.optim.AdamW(params, **kwargs)
+
+
 class EMA:
     """Exponential moving average of a module's parameters (buffers are copied)."""
 
@@ -104,8 +116,7 @@ class Trainer:
         seed = pipeline.config.seed
         self.model = pipeline.model
         self.params = list(dict.fromkeys([*self.model.parameters(), *pipeline.loss.parameters()]))
-        self.optimizer = torch.optim.AdamW(self.params, lr=self.cfg.lr, betas=self.cfg.betas,
-                                           weight_decay=self.cfg.weight_decay)
+        self.optimizer = make_optimizer(self.params, self.cfg)
         self.ema = EMA(self.model, self.cfg.ema_decay) if self.cfg.ema_decay > 0 else None
         self.data_generator = torch.Generator().manual_seed(seed + 1)
         self.loss_generator = torch.Generator(device=device).manual_seed(seed + 2)

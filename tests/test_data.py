@@ -29,6 +29,16 @@ def test_pydoc_corpus_split_is_deterministic_and_contiguous():
         data["test"]
 
 
+def test_pydoc_prose_keeps_unindented_paragraphs_only():
+    from ddkit.contrib.data.pydoc_topics import prose_paragraphs
+
+    text = "Title\n*****\n\nSome   running\ntext here.\n\n   code = 1\n   more()\n\n+---+\n| a |\n+---+\n\nEnd."
+    assert prose_paragraphs(text) == ["Title", "Some running text here.", "| a |", "End."]
+    prose = ddkit.build("dataset", {"name": "pydoc_topics", "content": "prose"}).load(None, 64)
+    text = prose.tokenizer.decode(prose["train"].tokens)
+    assert "\n\n" not in text and "   " not in text and 200_000 < len(text) < len(pydoc_corpus())
+
+
 def _text8_fixture(path, n=20_000, seed=0):
     rng = random.Random(seed)
     words = ["anarchism", "originated", "as", "a", "term", "of", "abuse", "the", "zebra", "quick"]

@@ -2,11 +2,20 @@
 
 Every CPython installation ships the English text of the language reference topics used by
 ``help()`` (about 465 KB), so a pipeline can train without a download. The corpus is the
-topics in sorted key order joined by blank lines; the split is contiguous (train first,
-then validation, then test), so it is deterministic for a given Python version.
+topics in sorted key order. ``content``:
+
+* ``all`` — the topics verbatim, joined by blank lines;
+* ``prose`` — only the running text: paragraphs whose first line is not indented (code
+  examples, grammar rules and tables are indented), without heading underlines, each
+  paragraph on one line with its whitespace collapsed (about 250 KB).
+
+The split is contiguous (train first, then validation, then test), so it is deterministic
+for a given Python version.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -14,30 +23,53 @@ import ddkit
 
 from .base import TextDataset, split_text
 
+_RULE_CHARACTERS = set("*=-+|~^#")
 
-def pydoc_corpus() -> str:
+
+def prose_paragraphs(text: str) -> list[str]:
+    """Unindented paragraphs of ``text``, each collapsed to one line."""
+    paragraphs, current = [], []
+    for line in text.splitlines() + [""]:
+        if line.strip():
+            current.append(line)
+            continue
+        if current and not current[0].startswith((" ", "\t")):
+            words = " ".join(l for l in current if not set(l.strip()) <= _RULE_CHARACTERS).split()
+            if words:
+                paragraphs.append(" ".join(words))
+        current = []
+    return paragraphs
+
+
+def pydoc_corpus(content: Literal["all", "prose"] = "all") -> str:
     from pydoc_data import topics
 
-    return "\n\n".join(topics.topics[key] for key in sorted(topics.topics))
+    texts = [topics.topics[key] for key in sorted(topics.topics)]
+    if content == "prose":
+        return "\n".join(p for text in texts for p in prose_paragraphs(text))
+    return "\n\n".join(texts)
 
 
 class PydocTopics(TextDataset):
-    def __init__(self, validation_fraction: float = 0.05, test_fraction: float = 0.0):
+    def __init__(self, validation_fraction: float = 0.05, test_fraction: float = 0.0,
+                 content: Literal["all", "prose"] = "all"):
         self.validation_fraction, self.test_fraction = validation_fraction, test_fraction
+        self.content = content
 
     def texts(self) -> dict[str, str]:
-        return split_text(pydoc_corpus(), self.validation_fraction, self.test_fraction)
+        return split_text(pydoc_corpus(self.content), self.validation_fraction, self.test_fraction)
 
     def info(self) -> dict:
         import sys
 
-        return {"source": f"pydoc_data.topics of Python {sys.version.split()[0]}"}
+        return {"source": f"pydoc_data.topics of Python {sys.version.split()[0]} ({self.content})"}
 
 
 class PydocTopicsParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     validation_fraction: float = Field(0.05, gt=0, lt=0.5)
     test_fraction: float = Field(0.0, ge=0, lt=0.5)
+    content: Literal["all", "prose"] = Field("all", description="all: verbatim; prose: running text only")
 
 
 @ddkit.hookimpl

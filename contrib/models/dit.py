@@ -49,10 +49,10 @@ def rotary_tables(length: int, head_dim: int, base: float = 10000.0) -> tuple[Te
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     r"""Rotate consecutive pairs of the last axis of ``x`` (``[B, H, N, D]``):
-    :math:`(x_1, x_2) \mapsto (x_1\cos - x_2\sin,\; x_1\sin + x_2\cos)`."""
-    x1, x2 = x[..., 0::2], x[..., 1::2]
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+    :math:`(x_1, x_2) \mapsto (x_1\cos - x_2\sin,\; x_1\sin + x_2\cos)`, computed as the
+    complex product :math:`(x_1 + i x_2)\,e^{i\theta}` (in float32, no strided slicing)."""
+    pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
+    return torch.view_as_real(pairs * torch.complex(cos, sin)).flatten(-2).to(x.dtype)
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
