@@ -35,9 +35,10 @@ def test_config_validate_reports_every_problem_with_its_path():
     assert "invalid configuration" in result.output
     assert "train.stpes: unknown key (got 3); did you mean 'steps'?" in result.output
     assert "model.name: no model named 'ditt'; installed: dit. Did you mean 'dit'?" in result.output
-    result = invoke("config", "validate", MARKOV, "model.vocab_size=5")
+    small = "data.dataset.train_sequences=100"
+    result = invoke("config", "validate", MARKOV, small, "model.vocab_size=5")
     assert result.exit_code == 2 and "model.vocab_size: 5 does not match the tokenizer's vocabulary of 8" in result.output
-    result = invoke("config", "validate", MARKOV, "data.seq_len=64")
+    result = invoke("config", "validate", MARKOV, small, "data.seq_len=64")
     assert result.exit_code == 2 and "data.seq_len: 64 is above the model's maximum" in result.output
 
 
