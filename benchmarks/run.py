@@ -19,7 +19,7 @@ Sections:
 * ``train``: training throughput vs a bare PyTorch loop, from ``benchmarks/train_throughput.py``
   when that script exists; target >= 0.95.
 
-    python benchmarks/run.py                          # everything on CPU -> benchmarks/results-cpu.json
+    python benchmarks/run.py                          # everything on CPU -> benchmarks/results/cpu.json
     python benchmarks/run.py --sections kernels,memory --quick
     python benchmarks/run.py --device cuda --json "$OUT/bench-cuda.json"
 """
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import re
@@ -332,7 +331,7 @@ def machine_info(device):
         from ddkit.plugins.kernels import numba_backend
 
         numba_backend.kernels()
-        K.categorical(torch.zeros(1, 2), torch.zeros(1, dtype=torch.float64), backend="numba")
+        numba.get_num_threads()  # starts the threading layer
         info.update(numba=numba.__version__, numba_threading_layer=numba.threading_layer(),
                     numba_threads=numba_backend.thread_budget())
     except Exception as exc:  # numba is optional for the CUDA run
@@ -373,7 +372,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--sections", default="kernels,memory,sampler,train")
-    parser.add_argument("--json", type=Path, default=None, help="default: benchmarks/results-<device>.json")
+    parser.add_argument("--json", type=Path, default=None, help="default: benchmarks/results/<device>.json")
     parser.add_argument("--budget", type=float, default=2.0, help="seconds per row (rounds fit in it)")
     parser.add_argument("--quick", action="store_true", help="budget 0.3 s per row")
     parser.add_argument("--shapes", default="0,1,2", help="indices into the (B, N, V) shapes to run")
@@ -410,12 +409,11 @@ def main():
             parser.error(f"unknown section {section!r}")
     print()
     print(table(rows))
-    path = args.json or ROOT / "benchmarks" / f"results-{device.type}.json"
+    path = args.json or ROOT / "benchmarks" / "results" / f"{device.type}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     result = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "machine": info,
               "seconds": round(time.perf_counter() - started, 1), "rows": rows}
-    path.write_text(json.dumps(result, indent=2, default=lambda v: None if isinstance(v, float) and
-                                                                  math.isnan(v) else str(v)) + "\n")
+    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(f"\nwrote {path}")
 
 
