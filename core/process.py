@@ -150,7 +150,10 @@ class Process:
         .. math::  s_j = \frac{q_t(j)}{q_t(x_t)} = \sum_{x_0} \mu(x_0)\,
                    \frac{\bar Q(t)_{x_0, j}}{\bar Q(t)_{x_0, x_t}}
 
-        (exact for the true posterior). ``mean`` ``[B, N, V]``; returns ``[B, N, V]`` float64."""
+        For the true posterior this is the true ratio at every :math:`j` a reverse rate uses
+        (:math:`R(t)_{j, x_t} > 0`; clean tokens that cannot produce :math:`x_t` drop out, e.g.
+        at a clean :math:`x_t` of the masked process, where no rate leaves :math:`x_t`).
+        ``mean`` ``[B, N, V]``; returns ``[B, N, V]`` float64."""
         V = self.vocab_size
         out = torch.empty(*x_t.shape, V, dtype=torch.float64, device=x_t.device)
         mean = mean.to(torch.float64)

@@ -27,8 +27,8 @@ SAMPLERS = [
     ("first_hitting", {"temperature": 0.5, "parameterization": {"name": "mean", "time_conditioning": True}}),
     # also run with the uniform and matrix processes in tests/test_euler_sampler.py and
     # tests/test_analytic_sampler.py
-    ("euler", {"steps": 8}),
-    ("analytic", {"steps": 8, "top_p": 0.9}),
+    ("euler", {"steps": 4}),
+    ("analytic", {"steps": 4, "top_p": 0.9}),
 ]
 
 PAIRS = [(ddkit.build("sampler", name, **params), masked(schedule))

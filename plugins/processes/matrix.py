@@ -367,11 +367,11 @@ class MatrixProcess(ddkit.Process):
         mean = mean.to(torch.float64)
         out = torch.empty(*x_t.shape, S, dtype=torch.float64, device=x_t.device)
         for u in range(len(pairs)):
-            where = inverse == u
+            where = ... if len(pairs) == 1 else inverse == u  # one time for all: no mask indexing
             x = x_t[where]
-            likelihood = q_t[u][:, x].T  # [n, V]
+            likelihood = q_t[u][:, x].movedim(0, -1)  # [..., V]: q(x_t | x0)
             weights = torch.where(mean[where] > 0, mean[where] / likelihood.clamp_min(_TINY), 0.0)
-            out[where] = q_st[u][:, x].T * (weights @ q_s[u])
+            out[where] = q_st[u][:, x].movedim(0, -1) * (weights @ q_s[u])
         # where x_t cannot occur at t (e.g. a clean token once everything is masked) the
         # posterior is undefined; a token that cannot have arisen stays as it is
         impossible = out.sum(-1, keepdim=True) <= 0
