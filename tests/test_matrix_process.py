@@ -235,3 +235,13 @@ def test_oracle_elbo_equals_the_exact_nll_for_a_gaussian_generator():
         values = (log_q.exp() * integrand).reshape(len(t_nodes), len(states)).sum(-1)
         elbo = float((torch.tensor(weights) * values).sum())
         assert abs(elbo - float(-chain.log_prob(x0[i:i + 1]))) < 1e-8
+
+
+@pytest.mark.parametrize("module", ["ddkit.plugins.processes.matrix", "ddkit.plugins.processes.uniform",
+                                    "ddkit.plugins.parameterizations.score"])
+def test_docstring_examples_run(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module))
+    assert result.attempted > 0 and result.failed == 0
