@@ -364,7 +364,7 @@ def _resolve(registry, backend: str, op: str, device: torch.device) -> KernelBac
 def _per_position(t: Tensor | float, shape: tuple[int, int], device: torch.device, name: str) -> Tensor:
     """A probability per sequence or per position: float64 ``[B, 1]`` or ``[B, N]``, contiguous
     (a per-sequence value is not expanded)."""
-    t = torch.as_tensor(t, dtype=torch.float64, device=device)
+    t = torch.as_tensor(t, dtype=torch.float64, device=device).detach()  # e.g. a learnable schedule's alpha
     if t.dim() == 0:
         t = t.expand(shape[0], 1)
     elif t.dim() == 1 and t.shape[0] == shape[0]:
@@ -384,8 +384,8 @@ def _uniforms(u: Tensor, shape: tuple[int, ...], device: torch.device, name: str
     if not u.is_contiguous():
         u = u.contiguous()
     if u.numel():
-        low, high = torch.aminmax(u)
-        if low.item() < 0 or high.item() >= 1:
+        low, high = torch.stack(torch.aminmax(u)).tolist()  # one device-to-host copy
+        if not (0 <= low and high < 1):  # also NaN
             raise ValueError(f"{name} must lie in [0, 1)")
     return u
 

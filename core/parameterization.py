@@ -30,6 +30,15 @@ class Parameterization:
         r""":math:`\log \mu_\theta(x_t, t)`, shape ``[B, N, V]``."""
         raise NotImplementedError(f"{type(self).__name__} does not provide a mean prediction")
 
+    def mean_logits(self, denoiser: Denoiser, x_t: Tensor, t: Tensor, process: Process) -> Tensor:
+        r"""Logits of :math:`\mu_\theta(x_t, t)`, shape ``[B, N, V]``: their softmax is
+        :math:`\mu_\theta` at every position whose state is not a clean token of an absorbing
+        process; rows at clean positions are unspecified (the carry-over
+        :math:`\mu = e_{x_t}` is left out). For samplers that read only masked rows (the
+        fused masked step, first hitting): they are spared the normalisation and carry-over
+        passes over ``[B, N, V]``. By default :meth:`log_mean`, which satisfies this."""
+        return self.log_mean(denoiser, x_t, t, process)
+
     def log_score(self, denoiser: Denoiser, x_t: Tensor, t: Tensor, process: Process) -> Tensor:
         r""":math:`\log s_\theta(x_t, t)_j \approx \log q_t(j)/q_t(x_t)` over the clean tokens,
         shape ``[B, N, V]`` (float64). By default the ratios implied by the mean,

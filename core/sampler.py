@@ -69,7 +69,7 @@ def time_grid(num_steps: int, grid: Grid = "uniform", *, dtype: torch.dtype = to
 
 class DenoiserCalls:
     r"""Calls ``parameterization.log_mean(denoiser, x, t, process)`` (or, with
-    ``output="log_score"``, ``parameterization.log_score``), counting calls in ``nfe``. With
+    ``output="log_score"`` or ``"mean_logits"``, that method), counting calls in ``nfe``. With
     ``cache=True`` and a parameterization without time conditioning, a call with the same
     ``x`` as the previous one returns the previous output without calling the denoiser (valid
     only because the output cannot depend on ``t``; ratios derived from a mean depend on ``t``
@@ -77,14 +77,14 @@ class DenoiserCalls:
     the score itself)."""
 
     def __init__(self, denoiser: Denoiser, process: Process, parameterization: Parameterization,
-                 *, cache: bool = False, output: Literal["log_mean", "log_score"] = "log_mean"):
-        if output not in ("log_mean", "log_score"):
-            raise ValueError(f"output must be 'log_mean' or 'log_score', got {output!r}")
+                 *, cache: bool = False, output: Literal["log_mean", "mean_logits", "log_score"] = "log_mean"):
+        if output not in ("log_mean", "mean_logits", "log_score"):
+            raise ValueError(f"output must be 'log_mean', 'mean_logits' or 'log_score', got {output!r}")
         self.denoiser = denoiser
         self.process = process
         self.parameterization = parameterization
         self.output = output
-        direct = output == "log_mean" or getattr(parameterization, "predicts", "mean") == "score"
+        direct = output != "log_score" or getattr(parameterization, "predicts", "mean") == "score"
         self.cache = cache and direct and not parameterization.time_conditioning
         self.nfe = 0
         self._last_x: Tensor | None = None

@@ -296,6 +296,9 @@ def test_bad_logits_and_uniforms_raise(backend):
                       backend=backend)
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
         K.categorical(torch.zeros(2, 3), torch.tensor([0.5, 1.0], dtype=torch.float64), backend=backend)
+    for bad in (-0.0625, float("nan")):
+        with pytest.raises(ValueError, match=r"\[0, 1\)"):
+            K.categorical(torch.zeros(2, 3), torch.tensor([0.5, bad], dtype=torch.float64), backend=backend)
     with pytest.raises(ValueError, match="shape"):
         K.categorical(torch.zeros(2, 3), torch.tensor([0.5], dtype=torch.float64), backend=backend)
     with pytest.raises(ValueError, match="top_k"):

@@ -190,3 +190,43 @@ def test_mean_parameterization_drops_extra_columns_and_carries_clean_tokens():
     torch.testing.assert_close(log_mean[0, 1], full[0, 1, :V].log_softmax(-1))
     assert float(log_mean[0, 0, 0]) == 0.0 and bool(torch.isinf(log_mean[0, 0, 1:]).all())
     assert float(log_mean[0, 2, 2]) == 0.0
+
+
+def test_mean_logits_give_the_mean_at_masked_positions():
+    """``mean_logits`` (what the fused samplers read) normalise to ``log_mean`` wherever the
+    state is masked; the carry-over of clean rows is left out."""
+    param = ddkit.build("parameterization", "mean")
+    x_t = torch.tensor([[0, V, 2, V]])
+    full = torch.randn(1, 4, V + 1)
+    logits = param.mean_logits(lambda x, t: full, x_t, torch.zeros(1), process())
+    log_mean = param.log_mean(lambda x, t: full, x_t, torch.zeros(1), process())
+    assert logits.shape == (1, 4, V) and logits.dtype == torch.float32
+    masked = x_t == V
+    torch.testing.assert_close(logits[masked].log_softmax(-1), log_mean[masked], rtol=0, atol=1e-6)
+    torch.testing.assert_close(logits, full[..., :V])
+
+
+def test_mean_logits_default_is_the_log_mean():
+    class OnlyLogMean(ddkit.Parameterization):
+        def log_mean(self, denoiser, x_t, t, process):
+            return denoiser(x_t, t).log_softmax(-1)
+
+    full = torch.randn(1, 3, V)
+    x_t = torch.tensor([[0, V, 1]])
+    torch.testing.assert_close(OnlyLogMean().mean_logits(lambda x, t: full, x_t, torch.zeros(1), process()),
+                               full.log_softmax(-1))
+
+
+@pytest.mark.parametrize("name,params", [("ancestral", {"steps": 8}), ("first_hitting", {})])
+def test_samplers_never_read_clean_rows(name, params):
+    """The fused masked step and first hitting read only masked rows of the mean's logits:
+    poisoning the rows of clean positions with NaN changes nothing."""
+    prompt = torch.tensor([[0, -1, 2, -1, -1, 1]] * 3)
+
+    def poisoned(x_t, t):
+        out = Recorder()(x_t, t)
+        return out.masked_fill((x_t != V)[..., None], float("nan"))
+
+    sampler = ddkit.build("sampler", name, **params)
+    clean = sampler.sample(Recorder(), process(), prompt=prompt, generator=gen(3)).tokens
+    assert torch.equal(sampler.sample(poisoned, process(), prompt=prompt, generator=gen(3)).tokens, clean)

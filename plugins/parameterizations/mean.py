@@ -23,7 +23,8 @@ class MeanParameterization(ddkit.Parameterization):
     def __init__(self, time_conditioning: bool = False):
         self.time_conditioning = bool(time_conditioning)
 
-    def log_mean(self, denoiser: ddkit.Denoiser, x_t: Tensor, t: Tensor, process: ddkit.Process) -> Tensor:
+    def mean_logits(self, denoiser: ddkit.Denoiser, x_t: Tensor, t: Tensor, process: ddkit.Process) -> Tensor:
+        """The network's logits over the clean vocabulary (float32; a view when they are)."""
         V = process.vocab_size
         t = torch.as_tensor(t, dtype=torch.get_default_dtype(), device=x_t.device)
         if not self.time_conditioning:
@@ -34,7 +35,11 @@ class MeanParameterization(ddkit.Parameterization):
                 f"denoiser returned logits of shape {tuple(logits.shape)}; expected "
                 f"[{x_t.shape[0]}, {x_t.shape[1]}, {V}] (clean vocabulary)"
             )
-        log_mean = torch.log_softmax(logits[..., :V].float(), dim=-1)
+        return logits[..., :V].float()
+
+    def log_mean(self, denoiser: ddkit.Denoiser, x_t: Tensor, t: Tensor, process: ddkit.Process) -> Tensor:
+        V = process.vocab_size
+        log_mean = torch.log_softmax(self.mean_logits(denoiser, x_t, t, process), dim=-1)
         if process.mask_id is not None:
             clean = x_t != process.mask_id
             carry = torch.full_like(log_mean, float("-inf")).scatter(

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, PositiveInt
 from torch import Tensor
 
 import ddkit
+import ddkit.kernels
 from ddkit.process import per_token
 
 _TINY = torch.finfo(torch.float64).tiny
@@ -92,9 +93,10 @@ class MaskedProcess(ddkit.Process):
         return probs
 
     def sample_marginal(self, x0: Tensor, t: Tensor, *, generator=None) -> Tensor:
+        r""":math:`x_t = x_0` if :math:`u < \alpha_t`, else the mask."""
         a = self._alpha(per_token(t, x0))
         u = torch.rand(x0.shape, generator=generator, dtype=torch.float64, device=x0.device)
-        return torch.where(u < a, x0, torch.full_like(x0, self.mask_id))
+        return ddkit.kernels.mask_noise(x0, a, u, mask_id=self.mask_id)
 
     def posterior_probs(self, x_t: Tensor, mean: Tensor, s: Tensor, t: Tensor) -> Tensor:
         a_s, a_t = self._alpha(per_token(s, x_t)), self._alpha(per_token(t, x_t))

@@ -55,22 +55,29 @@ class AncestralSampler(ddkit.Sampler):
         self.check_process(process)
         x, fixed = self.initial_state(process, num_samples=num_samples, length=length,
                                       prompt=prompt, generator=generator, device=device)
-        calls = ddkit.DenoiserCalls(denoiser, process, self.parameterization, cache=self.cache)
         grid = ddkit.time_grid(self.steps, self.grid, device=x.device)
         trajectory = [x.clone()] if record_trajectory else None
         batch = x.shape[0]
         absorbing = process.mask_id is not None
-        # the fused kernel needs the masked posterior with one alpha per sequence
+        # the fused kernel needs the masked posterior with one alpha per sequence; it reads
+        # only masked rows, so it takes the mean's logits without the carry-over
         fused = absorbing and "absorbing" in process.capabilities and \
             process.schedule.alpha(grid[:1]).shape == (1,)
+        calls = ddkit.DenoiserCalls(denoiser, process, self.parameterization, cache=self.cache,
+                                    output="mean_logits" if fused else "log_mean")
+        if fused:
+            p_unmask = self.unmask_probabilities(process.schedule, grid)
         steps_taken = 0
         for i in range(self.steps):
-            if absorbing and not bool(((x == process.mask_id) & ~fixed).any()):
+            # fixed (prompt) positions hold clean tokens, so only free positions can be masked
+            if absorbing and not bool((x == process.mask_id).any()):
                 break
             t, s = grid[i].expand(batch), grid[i + 1].expand(batch)
             last = i == self.steps - 1
-            step = self._masked_step if fused else self._posterior_step
-            x = step(calls(x, t), x, fixed, process, s, t, last, generator)
+            if fused:
+                x = self._masked_step(calls(x, t), x, process, p_unmask[i], last, generator)
+            else:
+                x = self._posterior_step(calls(x, t), x, fixed, process, s, t, last, generator)
             steps_taken = i + 1
             if trajectory is not None:
                 trajectory.append(x.clone())
@@ -89,20 +96,26 @@ class AncestralSampler(ddkit.Sampler):
             new = sample_categorical(probs, generator=generator)
         return torch.where(fixed, x, new)
 
-    def _masked_step(self, log_mean, x, fixed, process, s, t, last, generator):
-        r"""Masked posterior step: unmask w.p. :math:`(\alpha_s - \alpha_t)/(1 - \alpha_t)`
-        (1 on the last step, whose state is data), token from the filtered mean."""
-        alpha_s, alpha_t = process.schedule.alpha(s), process.schedule.alpha(t)
-        if last:
-            p_unmask = torch.ones_like(alpha_t)
-        else:
-            p_unmask = (alpha_s - alpha_t) / (1.0 - alpha_t).clamp_min(torch.finfo(torch.float64).tiny)
+    @staticmethod
+    def unmask_probabilities(schedule: ddkit.Schedule, grid: torch.Tensor) -> torch.Tensor:
+        r"""Per step :math:`t_i \to t_{i+1}` of ``grid``, the masked posterior's probability
+        that a masked token unmasks, :math:`(\alpha_s - \alpha_t)/(1 - \alpha_t)`; 1 on the
+        last step, whose state is data."""
+        alpha = schedule.alpha(grid)
+        alpha_t, alpha_s = alpha[:-1], alpha[1:]
+        p = (alpha_s - alpha_t) / (1.0 - alpha_t).clamp_min(torch.finfo(torch.float64).tiny)
+        p[-1] = 1.0
+        return p
+
+    def _masked_step(self, logits, x, process, p_unmask, last, generator):
+        """Masked posterior step: each masked token unmasks w.p. ``p_unmask`` and draws its
+        token from the filtered mean (``logits``: :meth:`ddkit.Parameterization.mean_logits`).
+        Only masked positions change, so fixed positions stay as they are."""
         u_move = torch.rand(x.shape, generator=generator, dtype=torch.float64, device=x.device)
         u_token = torch.rand(x.shape, generator=generator, dtype=torch.float64, device=x.device)
-        new = ddkit.kernels.masked_step(
-            x, log_mean, p_unmask, u_move, u_token, mask_id=process.mask_id, temperature=self.temperature,
+        return ddkit.kernels.masked_step(
+            x, logits, p_unmask, u_move, u_token, mask_id=process.mask_id, temperature=self.temperature,
             top_k=self.top_k, top_p=self.top_p, argmax=last and self.final_argmax, backend=self.backend)
-        return torch.where(fixed, x, new)
 
 
 class AncestralParams(KernelSamplingParams):

@@ -43,7 +43,8 @@ class FirstHittingSampler(ddkit.Sampler):
             raise ValueError(f"first_hitting needs an invertible schedule; {type(schedule).__name__} is not")
         x, fixed = self.initial_state(process, num_samples=num_samples, length=length,
                                       prompt=prompt, generator=generator, device=device)
-        calls = ddkit.DenoiserCalls(denoiser, process, self.parameterization)
+        # only the masked row that unmasks is read: the carry-over of clean rows is not needed
+        calls = ddkit.DenoiserCalls(denoiser, process, self.parameterization, output="mean_logits")
         trajectory = [x.clone()] if record_trajectory else None
         batch = x.shape[0]
         rows = torch.arange(batch, device=x.device)
@@ -58,11 +59,11 @@ class FirstHittingSampler(ddkit.Sampler):
             u = torch.rand(batch, generator=generator, dtype=torch.float64, device=x.device)
             alpha_s = 1.0 - (1.0 - schedule.alpha(t)) * u ** (1.0 / remaining.clamp_min(1))
             s = torch.where(active, torch.minimum(schedule.inverse(alpha_s), t), t)
-            log_mean = calls(x, s)
+            logits = calls(x, s)
             scores = torch.rand(x.shape, generator=generator, device=x.device).masked_fill(~masked, -1.0)
             position = scores.argmax(-1)
             u_token = torch.rand(batch, generator=generator, dtype=torch.float64, device=x.device)
-            token = ddkit.kernels.categorical(log_mean[rows, position], u_token, temperature=self.temperature,
+            token = ddkit.kernels.categorical(logits[rows, position], u_token, temperature=self.temperature,
                                               top_k=self.top_k, top_p=self.top_p, backend=self.backend)
             x = x.clone()
             x[rows[active], position[active]] = token[active]
