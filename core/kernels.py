@@ -106,6 +106,7 @@ BACKEND_ENV = "DDKIT_KERNEL_BACKEND"
 #: error codes a backend writes instead of a category
 NO_FINITE_LOGIT = -1
 NAN_OR_POSINF_LOGIT = -2
+BAD_UNIFORM = -3  #: for backends that check the uniforms themselves (``checks_uniforms``)
 
 # -- the reference exponential -----------------------------------------------------------
 
@@ -265,6 +266,8 @@ def check_codes(codes: Tensor) -> None:
         raise ValueError("logits contain NaN or +inf (after the temperature) in a sampled row")
     if worst == NO_FINITE_LOGIT:
         raise ValueError("a sampled row of logits has no finite entry (all -inf)")
+    if worst == BAD_UNIFORM:
+        raise ValueError("uniforms must lie in [0, 1)")
     if worst < 0:
         raise ValueError(f"kernel returned an unknown error code {worst}")
 
@@ -285,9 +288,15 @@ class KernelBackend:
     * ``mask_noise(x0 [B, N], keep [B, 1] or [B, N] f64, u [B, N] f64, mask_id)`` -> ``[B, N]``;
     * ``uniform_noise(x0 [B, N], keep, u_keep [B, N] f64, u_token [B, N] f64, vocab_size)``
       -> ``[B, N]``.
+
+    The uniforms are checked to lie in [0, 1) before the call, unless the backend sets
+    ``checks_uniforms``: then its kernels check them while they read them (no extra pass) and
+    report a bad one with the code :data:`BAD_UNIFORM` (``categorical``) or a
+    :class:`ValueError` (the other operations).
     """
 
     name: ClassVar[str] = ""
+    checks_uniforms: ClassVar[bool] = False
 
     def auto_priority(self, op: str, device: torch.device) -> int | None:
         """Priority of this backend for ``op`` on ``device`` under ``backend="auto"``;
@@ -374,8 +383,9 @@ def _per_position(t: Tensor | float, shape: tuple[int, int], device: torch.devic
     return t.contiguous()
 
 
-def _uniforms(u: Tensor, shape: tuple[int, ...], device: torch.device, name: str) -> Tensor:
-    """Check and convert uniforms: float64 of ``shape``, contiguous, in [0, 1)."""
+def _uniforms(u: Tensor, shape: tuple[int, ...], device: torch.device, name: str, kernels: KernelBackend) -> Tensor:
+    """Check and convert uniforms: float64 of ``shape``, contiguous, in [0, 1) (the range is
+    left to ``kernels`` if it checks it)."""
     if not isinstance(u, Tensor) or tuple(u.shape) != shape:
         raise ValueError(f"{name} must be a tensor of shape {shape}, got "
                          f"{tuple(u.shape) if isinstance(u, Tensor) else type(u).__name__}")
@@ -383,7 +393,7 @@ def _uniforms(u: Tensor, shape: tuple[int, ...], device: torch.device, name: str
         u = u.to(device=device, dtype=torch.float64)
     if not u.is_contiguous():
         u = u.contiguous()
-    if u.numel():
+    if u.numel() and not kernels.checks_uniforms:
         low, high = torch.stack(torch.aminmax(u)).tolist()  # one device-to-host copy
         if not (0 <= low and high < 1):  # also NaN
             raise ValueError(f"{name} must lie in [0, 1)")
@@ -410,10 +420,11 @@ def categorical(logits: Tensor, uniforms: Tensor, *, temperature: float = 1.0, t
     docstring). Returns a LongTensor of shape ``logits.shape[:-1]``."""
     token_filter = TokenFilter(temperature, top_k, top_p)
     rows = _logits(logits)
-    u = _uniforms(uniforms, tuple(logits.shape[:-1]), rows.device, "uniforms").reshape(-1)
+    kernels = resolve(backend, "categorical", rows.device)
+    u = _uniforms(uniforms, tuple(logits.shape[:-1]), rows.device, "uniforms", kernels).reshape(-1)
     if rows.shape[0] == 0:
         return torch.empty(logits.shape[:-1], dtype=torch.long, device=rows.device)
-    out = resolve(backend, "categorical", rows.device).categorical(rows, u, token_filter)
+    out = kernels.categorical(rows, u, token_filter)
     check_codes(out)
     return out.reshape(logits.shape[:-1])
 
@@ -431,9 +442,10 @@ def masked_step(x: Tensor, logits: Tensor, p_unmask: Tensor | float, u_move: Ten
     shape, device = tuple(x.shape), x.device
     rows = _logits(logits).to(device)
     p = _per_position(p_unmask, shape, device, "p_unmask")
-    out = resolve(backend, "masked_step", device).masked_step(
-        x, rows, p, _uniforms(u_move, shape, device, "u_move"), _uniforms(u_token, shape, device, "u_token"),
-        int(mask_id), token_filter, bool(argmax))
+    kernels = resolve(backend, "masked_step", device)
+    out = kernels.masked_step(
+        x, rows, p, _uniforms(u_move, shape, device, "u_move", kernels),
+        _uniforms(u_token, shape, device, "u_token", kernels), int(mask_id), token_filter, bool(argmax))
     check_codes(out)
     return out
 
@@ -458,8 +470,8 @@ def mask_noise(x0: Tensor, keep_prob: Tensor | float, uniforms: Tensor, *, mask_
     x0 = _tokens(x0, "x0")
     shape, device = tuple(x0.shape), x0.device
     keep = _per_position(keep_prob, shape, device, "keep_prob")
-    u = _uniforms(uniforms, shape, device, "uniforms")
-    return resolve(backend, "mask_noise", device).mask_noise(x0, keep, u, int(mask_id))
+    kernels = resolve(backend, "mask_noise", device)
+    return kernels.mask_noise(x0, keep, _uniforms(uniforms, shape, device, "uniforms", kernels), int(mask_id))
 
 
 def uniform_noise(x0: Tensor, keep_prob: Tensor | float, u_keep: Tensor, u_token: Tensor, *, vocab_size: int,
@@ -469,6 +481,6 @@ def uniform_noise(x0: Tensor, keep_prob: Tensor | float, u_keep: Tensor, u_token
     x0 = _tokens(x0, "x0")
     shape, device = tuple(x0.shape), x0.device
     keep = _per_position(keep_prob, shape, device, "keep_prob")
-    return resolve(backend, "uniform_noise", device).uniform_noise(
-        x0, keep, _uniforms(u_keep, shape, device, "u_keep"), _uniforms(u_token, shape, device, "u_token"),
-        int(vocab_size))
+    kernels = resolve(backend, "uniform_noise", device)
+    return kernels.uniform_noise(x0, keep, _uniforms(u_keep, shape, device, "u_keep", kernels),
+                                 _uniforms(u_token, shape, device, "u_token", kernels), int(vocab_size))

@@ -575,3 +575,31 @@ def test_numba_kernels_run_in_forked_dataloader_workers():
     import os
 
     assert numba.threading_layer() in ("workqueue", "tbb") or "NUMBA_THREADING_LAYER" in os.environ
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bad", [-0.25, 1.0, float("nan")])
+def test_every_operation_rejects_uniforms_outside_the_unit_interval(backend, bad):
+    """The torch backend is checked by ddkit before the call; Numba (``checks_uniforms``)
+    checks inside its kernels, including uniforms that the step does not otherwise read."""
+    B, N, V = 2, 5, 3
+    good = torch.full((B, N), 0.5, dtype=torch.float64)
+    spoiled = good.clone()
+    spoiled[1, 3] = bad
+    x = torch.full((B, N), V, dtype=torch.long)
+    x0 = torch.zeros(B, N, dtype=torch.long)
+    logits = torch.zeros(B, N, V)
+    calls = {
+        "categorical": lambda u: K.categorical(logits, u, backend=backend),
+        "masked_step u_move": lambda u: K.masked_step(x, logits, 0.5, u, good, mask_id=V, backend=backend),
+        # p_unmask = 0: no position moves, yet the unread u_token is checked
+        "masked_step u_token": lambda u: K.masked_step(x, logits, 0.0, good, u, mask_id=V, backend=backend),
+        "mask_noise": lambda u: K.mask_noise(x0, 0.5, u, mask_id=V, backend=backend),
+        "uniform_noise u_keep": lambda u: K.uniform_noise(x0, 0.5, u, good, vocab_size=V, backend=backend),
+        "uniform_noise u_token": lambda u: K.uniform_noise(x0, 0.5, good, u, vocab_size=V, backend=backend),
+    }
+    for name, call in calls.items():
+        call(good)
+        with pytest.raises(ValueError, match=r"\[0, 1\)"):
+            call(spoiled)
+            pytest.fail(f"{name} accepted a uniform of {bad}")

@@ -17,6 +17,7 @@ from numba.core import types
 from numba.extending import intrinsic
 
 from ddkit.kernels import (
+    BAD_UNIFORM,
     EXP_COEFFS,
     EXP_UNDERFLOW,
     LN2_HI,
@@ -310,7 +311,11 @@ def sample_span(logits, selected, uniforms, out, tau, top_k, top_p, argmax, lo, 
             continue
         group = min(4, hi - t)
         for r in range(group):
-            code = _weights(logits[selected[t + r]], tau, top_k, top_p, w[r], buf)
+            u = uniforms[selected[t + r]]
+            if not (u >= 0.0 and u < 1.0):  # also NaN
+                code = BAD_UNIFORM
+            else:
+                code = _weights(logits[selected[t + r]], tau, top_k, top_p, w[r], buf)
             if code != 0:
                 w[r, :] = 1.0  # placeholder row, result replaced by the code below
             out[selected[t + r]] = code
@@ -339,20 +344,28 @@ def sample_rows(logits, selected, uniforms, out, tau, top_k, top_p, argmax, chun
 
 
 @njit(cache=True)
-def select_moving(x, p_unmask, u_move, mask_id):
+def _bad_uniform(u):
+    """1 if ``u`` is outside [0, 1) or NaN, else 0 (branch-free, so loops stay vectorisable)."""
+    return (u < 0.0) | (u >= 1.0) | (u != u)
+
+
+@njit(cache=True)
+def select_moving(x, p_unmask, u_move, u_token, mask_id):
     """Flat indices of the positions that unmask in a masked reverse step: ``x == mask_id``
-    and ``u < p`` (``p_unmask``: ``[B, 1]`` per sequence or ``[B, N]``)."""
+    and ``u < p`` (``p_unmask``: ``[B, 1]`` per sequence or ``[B, N]``); and whether every
+    uniform lies in [0, 1)."""
     B, N = x.shape
-    per_position = p_unmask.shape[1] > 1
+    step = 1 if p_unmask.shape[1] > 1 else 0
     selected = np.empty(B * N, np.int64)
     n = 0
+    bad = 0
     for b in range(B):
         for j in range(N):
-            p = p_unmask[b, j] if per_position else p_unmask[b, 0]
-            if x[b, j] == mask_id and u_move[b, j] < p:
+            bad += _bad_uniform(u_move[b, j]) + _bad_uniform(u_token[b, j])
+            if x[b, j] == mask_id and u_move[b, j] < p_unmask[b, j * step]:
                 selected[n] = b * N + j
                 n += 1
-    return selected[:n]
+    return selected[:n], bad == 0
 
 
 @njit(cache=True)
@@ -389,22 +402,31 @@ def commit_topk(scores, eligible, k, out):
 
 @njit(cache=True)
 def mask_noise(x0, keep, uniforms, mask_id, out):
+    """``out = x0`` where ``u < keep``, else ``mask_id``; returns whether every uniform lies
+    in [0, 1). (``keep[b, j * step]``: one loop for ``[B, 1]`` and ``[B, N]`` that vectorises.)"""
     B, N = x0.shape
-    per_position = keep.shape[1] > 1
+    step = 1 if keep.shape[1] > 1 else 0
+    bad = 0
     for b in range(B):
         for j in range(N):
-            alpha = keep[b, j] if per_position else keep[b, 0]
-            out[b, j] = x0[b, j] if uniforms[b, j] < alpha else mask_id
+            u = uniforms[b, j]
+            bad += _bad_uniform(u)
+            out[b, j] = x0[b, j] if u < keep[b, j * step] else mask_id
+    return bad == 0
 
 
 @njit(cache=True)
 def uniform_noise(x0, keep, u_keep, u_token, vocab_size, out):
+    """``out = x0`` where ``u_keep < keep``, else ``floor(u_token * V)``; returns whether
+    every uniform lies in [0, 1). The truncation goes through int32 (AVX2 converts four
+    float64 to int32 at once, not to int64); exact since ``u_token * V < V < 2^31``."""
     B, N = x0.shape
-    per_position = keep.shape[1] > 1
+    step = 1 if keep.shape[1] > 1 else 0
+    bad = 0
     for b in range(B):
         for j in range(N):
-            alpha = keep[b, j] if per_position else keep[b, 0]
-            if u_keep[b, j] < alpha:
-                out[b, j] = x0[b, j]
-            else:
-                out[b, j] = min(np.int64(u_token[b, j] * vocab_size), vocab_size - 1)
+            u, v = u_keep[b, j], u_token[b, j]
+            bad += _bad_uniform(u) + _bad_uniform(v)
+            replacement = min(np.int64(np.int32(v * vocab_size)), vocab_size - 1)
+            out[b, j] = x0[b, j] if u < keep[b, j * step] else replacement
+    return bad == 0

@@ -111,6 +111,7 @@ class NumbaKernels(KernelBackend):
     """CPU only; ``auto`` prefers it on CPU tensors for :data:`AUTO_OPS`."""
 
     name = "numba"
+    checks_uniforms = True  # inside the kernels, while they read them
 
     def supports(self, op: str, device: torch.device) -> bool:
         return device.type == "cpu" and hasattr(self, op) and available()
@@ -126,7 +127,9 @@ class NumbaKernels(KernelBackend):
     def masked_step(self, x: Tensor, logits: Tensor, p_unmask: Tensor, u_move: Tensor, u_token: Tensor,
                     mask_id: int, token_filter: TokenFilter, argmax: bool) -> Tensor:
         out = x.numpy().copy()
-        selected = kernels().select_moving(out, p_unmask.numpy(), u_move.numpy(), mask_id)
+        selected, ok = kernels().select_moving(out, p_unmask.numpy(), u_move.numpy(), u_token.numpy(), mask_id)
+        if not ok:
+            raise ValueError("u_move and u_token must lie in [0, 1)")
         self._sample(logits, selected, u_token.numpy().reshape(-1), out.reshape(-1), token_filter, argmax)
         return torch.from_numpy(out)
 
@@ -153,12 +156,16 @@ class NumbaKernels(KernelBackend):
 
     def mask_noise(self, x0: Tensor, keep: Tensor, uniforms: Tensor, mask_id: int) -> Tensor:
         out = np.empty(tuple(x0.shape), np.int64)
-        kernels().mask_noise(x0.numpy(), keep.numpy(), uniforms.numpy(), mask_id, out)
+        if not kernels().mask_noise(x0.numpy(), keep.numpy(), uniforms.numpy(), mask_id, out):
+            raise ValueError("uniforms must lie in [0, 1)")
         return torch.from_numpy(out)
 
     def uniform_noise(self, x0: Tensor, keep: Tensor, u_keep: Tensor, u_token: Tensor, vocab_size: int) -> Tensor:
         out = np.empty(tuple(x0.shape), np.int64)
-        kernels().uniform_noise(x0.numpy(), keep.numpy(), u_keep.numpy(), u_token.numpy(), vocab_size, out)
+        if vocab_size >= 2**31:  # the kernel truncates through int32
+            raise ValueError(f"vocab_size must be below 2^31, got {vocab_size}")
+        if not kernels().uniform_noise(x0.numpy(), keep.numpy(), u_keep.numpy(), u_token.numpy(), vocab_size, out):
+            raise ValueError("u_keep and u_token must lie in [0, 1)")
         return torch.from_numpy(out)
 
 
