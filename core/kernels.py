@@ -383,21 +383,24 @@ def _per_position(t: Tensor | float, shape: tuple[int, int], device: torch.devic
     return t.contiguous()
 
 
-def _uniforms(u: Tensor, shape: tuple[int, ...], device: torch.device, name: str, kernels: KernelBackend) -> Tensor:
-    """Check and convert uniforms: float64 of ``shape``, contiguous, in [0, 1) (the range is
-    left to ``kernels`` if it checks it)."""
-    if not isinstance(u, Tensor) or tuple(u.shape) != shape:
-        raise ValueError(f"{name} must be a tensor of shape {shape}, got "
-                         f"{tuple(u.shape) if isinstance(u, Tensor) else type(u).__name__}")
-    if u.dtype != torch.float64 or u.device != device:
-        u = u.to(device=device, dtype=torch.float64)
-    if not u.is_contiguous():
-        u = u.contiguous()
-    if u.numel() and not kernels.checks_uniforms:
-        low, high = torch.stack(torch.aminmax(u)).tolist()  # one device-to-host copy
-        if not (0 <= low and high < 1):  # also NaN
-            raise ValueError(f"{name} must lie in [0, 1)")
-    return u
+def _uniforms(kernels: KernelBackend, shape: tuple[int, ...], device: torch.device, **named: Tensor) -> list[Tensor]:
+    """Check and convert uniforms: float64 of ``shape``, contiguous, in [0, 1). The range is
+    left to ``kernels`` if it checks it; else all tensors are checked with one device-to-host
+    copy (a sync on CUDA)."""
+    out = []
+    for name, u in named.items():
+        if not isinstance(u, Tensor) or tuple(u.shape) != shape:
+            raise ValueError(f"{name} must be a tensor of shape {shape}, got "
+                             f"{tuple(u.shape) if isinstance(u, Tensor) else type(u).__name__}")
+        if u.dtype != torch.float64 or u.device != device:
+            u = u.to(device=device, dtype=torch.float64)
+        out.append(u if u.is_contiguous() else u.contiguous())
+    if out[0].numel() and not kernels.checks_uniforms:
+        bounds = torch.stack([bound for u in out for bound in torch.aminmax(u)]).tolist()
+        for name, low, high in zip(named, bounds[::2], bounds[1::2]):
+            if not (0 <= low and high < 1):  # also NaN
+                raise ValueError(f"{name} must lie in [0, 1)")
+    return out
 
 
 def _tokens(x: Tensor, name: str) -> Tensor:
@@ -421,7 +424,8 @@ def categorical(logits: Tensor, uniforms: Tensor, *, temperature: float = 1.0, t
     token_filter = TokenFilter(temperature, top_k, top_p)
     rows = _logits(logits)
     kernels = resolve(backend, "categorical", rows.device)
-    u = _uniforms(uniforms, tuple(logits.shape[:-1]), rows.device, "uniforms", kernels).reshape(-1)
+    u, = _uniforms(kernels, tuple(logits.shape[:-1]), rows.device, uniforms=uniforms)
+    u = u.reshape(-1)
     if rows.shape[0] == 0:
         return torch.empty(logits.shape[:-1], dtype=torch.long, device=rows.device)
     out = kernels.categorical(rows, u, token_filter)
@@ -443,9 +447,8 @@ def masked_step(x: Tensor, logits: Tensor, p_unmask: Tensor | float, u_move: Ten
     rows = _logits(logits).to(device)
     p = _per_position(p_unmask, shape, device, "p_unmask")
     kernels = resolve(backend, "masked_step", device)
-    out = kernels.masked_step(
-        x, rows, p, _uniforms(u_move, shape, device, "u_move", kernels),
-        _uniforms(u_token, shape, device, "u_token", kernels), int(mask_id), token_filter, bool(argmax))
+    u_move, u_token = _uniforms(kernels, shape, device, u_move=u_move, u_token=u_token)
+    out = kernels.masked_step(x, rows, p, u_move, u_token, int(mask_id), token_filter, bool(argmax))
     check_codes(out)
     return out
 
@@ -471,7 +474,8 @@ def mask_noise(x0: Tensor, keep_prob: Tensor | float, uniforms: Tensor, *, mask_
     shape, device = tuple(x0.shape), x0.device
     keep = _per_position(keep_prob, shape, device, "keep_prob")
     kernels = resolve(backend, "mask_noise", device)
-    return kernels.mask_noise(x0, keep, _uniforms(uniforms, shape, device, "uniforms", kernels), int(mask_id))
+    u, = _uniforms(kernels, shape, device, uniforms=uniforms)
+    return kernels.mask_noise(x0, keep, u, int(mask_id))
 
 
 def uniform_noise(x0: Tensor, keep_prob: Tensor | float, u_keep: Tensor, u_token: Tensor, *, vocab_size: int,
@@ -482,5 +486,5 @@ def uniform_noise(x0: Tensor, keep_prob: Tensor | float, u_keep: Tensor, u_token
     shape, device = tuple(x0.shape), x0.device
     keep = _per_position(keep_prob, shape, device, "keep_prob")
     kernels = resolve(backend, "uniform_noise", device)
-    return kernels.uniform_noise(x0, keep, _uniforms(u_keep, shape, device, "u_keep", kernels),
-                                 _uniforms(u_token, shape, device, "u_token", kernels), int(vocab_size))
+    u_keep, u_token = _uniforms(kernels, shape, device, u_keep=u_keep, u_token=u_token)
+    return kernels.uniform_noise(x0, keep, u_keep, u_token, int(vocab_size))
