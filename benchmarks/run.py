@@ -55,23 +55,33 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+#: a sample shorter than this repeats the call, so that timer resolution and one-off
+#: interruptions do not decide the ratio of microsecond-scale operations
+MIN_SAMPLE_S = 2e-3
+
+
 def time_pair(baseline, candidate, device: torch.device, *, budget_s: float, max_rounds: int = 15):
-    """Median seconds of ``baseline()`` and ``candidate()``, alternating, after one warm-up
-    call each; as many rounds as fit in ``budget_s`` (at least 3, or 1 for very slow calls)."""
+    """Median seconds per call of ``baseline()`` and ``candidate()``, alternating, after one
+    warm-up call each; as many rounds as fit in ``budget_s`` (at least 3, or 1 for very slow
+    calls). A sample times enough back-to-back calls to last :data:`MIN_SAMPLE_S`."""
     times: dict[str, list[float]] = {"baseline": [], "candidate": []}
 
-    def once(fn):
+    def once(fn, calls=1):
         _sync(device)
         start = time.perf_counter()
-        fn()
+        for _ in range(calls):
+            fn()
         _sync(device)
-        return time.perf_counter() - start
+        return (time.perf_counter() - start) / calls
 
-    first = once(baseline) + once(candidate)
+    first_base, first_cand = once(baseline), once(candidate)
+    calls_base = max(1, int(MIN_SAMPLE_S / max(first_base, 1e-9)))
+    calls_cand = max(1, int(MIN_SAMPLE_S / max(first_cand, 1e-9)))
+    first = first_base * calls_base + first_cand * calls_cand
     rounds = max(1 if first > budget_s else 3, min(max_rounds, int(budget_s / max(first, 1e-9))))
     for _ in range(rounds):
-        times["baseline"].append(once(baseline))
-        times["candidate"].append(once(candidate))
+        times["baseline"].append(once(baseline, calls_base))
+        times["candidate"].append(once(candidate, calls_cand))
     return statistics.median(times["baseline"]), statistics.median(times["candidate"]), rounds
 
 

@@ -346,7 +346,18 @@ def sample_rows(logits, selected, uniforms, out, tau, top_k, top_p, argmax, chun
 @njit(cache=True)
 def _bad_uniform(u):
     """1 if ``u`` is outside [0, 1) or NaN, else 0 (branch-free, so loops stay vectorisable)."""
-    return (u < 0.0) | (u >= 1.0) | (u != u)
+    return np.int64((u < 0.0) | (u >= 1.0) | (u != u))
+
+
+@njit(cache=True)
+def _count_bad(u):
+    """How many entries of the contiguous array ``u`` lie outside [0, 1) or are NaN (a loop
+    of its own, so that it vectorises)."""
+    flat = u.reshape(-1)
+    bad = 0
+    for i in range(flat.shape[0]):
+        bad += _bad_uniform(flat[i])
+    return bad
 
 
 @njit(cache=True)
@@ -358,14 +369,12 @@ def select_moving(x, p_unmask, u_move, u_token, mask_id):
     step = 1 if p_unmask.shape[1] > 1 else 0
     selected = np.empty(B * N, np.int64)
     n = 0
-    bad = 0
     for b in range(B):
         for j in range(N):
-            bad += _bad_uniform(u_move[b, j]) + _bad_uniform(u_token[b, j])
             if x[b, j] == mask_id and u_move[b, j] < p_unmask[b, j * step]:
                 selected[n] = b * N + j
                 n += 1
-    return selected[:n], bad == 0
+    return selected[:n], _count_bad(u_move) + _count_bad(u_token) == 0
 
 
 @njit(cache=True)
