@@ -458,7 +458,7 @@ def commit_topk(scores: Tensor, eligible: Tensor, k: Tensor | int, *, backend: s
     if scores.dim() != 2 or tuple(eligible.shape) != tuple(scores.shape) or eligible.dtype != torch.bool:
         raise ValueError("scores must be [B, N] and eligible a BoolTensor of the same shape")
     s = scores.detach().to(torch.float64).contiguous()
-    if bool(torch.isnan(s[eligible]).any()):
+    if bool(torch.isnan(s).logical_and_(eligible).any()):  # no boolean indexing: it gathers
         raise ValueError("scores of eligible positions must not be NaN")
     k = torch.as_tensor(k, dtype=torch.long, device=s.device).expand(s.shape[0]).contiguous()
     if bool((k < 0).any()):
