@@ -231,8 +231,9 @@ def test_backends_agree_on_a_large_vocabulary(options):
 
 def test_results_do_not_depend_on_the_thread_count():
     gen = torch.Generator().manual_seed(3)
-    logits = torch.randn(2000, 64, generator=gen)
-    u = torch.rand(2000, generator=gen, dtype=torch.float64)
+    logits = torch.randn(5000, 64, generator=gen)
+    u = torch.rand(5000, generator=gen, dtype=torch.float64)
+    assert numba_backend.SERIAL_WORK < logits.numel()  # two threads take the parallel path
     before = torch.get_num_threads()
     try:
         results = []
@@ -539,8 +540,8 @@ def test_categorical_never_materialises_float64_logits():
 
 def _fork_worker_result(index):
     gen = torch.Generator().manual_seed(index)
-    logits = torch.randn(3000, 33, generator=gen)  # above SERIAL_WORK: a parallel launch with 2 threads
-    u = torch.rand(3000, generator=gen, dtype=torch.float64)
+    logits = torch.randn(9000, 33, generator=gen)  # above SERIAL_WORK: a parallel launch with 2 threads
+    u = torch.rand(9000, generator=gen, dtype=torch.float64)
     return K.categorical(logits, u, backend="numba", top_p=0.9)
 
 
@@ -567,7 +568,7 @@ def test_numba_kernels_run_in_forked_dataloader_workers():
         expected = [_fork_worker_result(i) for i in range(4)]
     finally:
         torch.set_num_threads(before)
-    assert numba_backend.SERIAL_WORK < 3000 * 33
+    assert numba_backend.SERIAL_WORK < 9000 * 33
     loader = torch.utils.data.DataLoader(_KernelDataset(), batch_size=None, num_workers=2,
                                          multiprocessing_context="fork", worker_init_fn=_two_threads)
     got = list(loader)

@@ -41,8 +41,10 @@ AUTO_OPS = frozenset({"categorical", "masked_step", "commit_topk", "mask_noise",
 HALF_CHUNK_ELEMENTS = 1 << 20
 #: row chunks per thread in a categorical kernel (balances rows of unequal cost)
 CHUNKS_PER_THREAD = 4
-#: categorical work (selected rows x V) up to which one thread samples without waking others
-SERIAL_WORK = 1 << 15
+#: categorical work (selected rows x V) up to which one thread samples without waking others:
+#: a parallel launch on the workqueue layer costs about 0.5 ms on the 2-vCPU test machine,
+#: which two threads win back only from about 2^18 logits (docs/performance.md)
+SERIAL_WORK = 1 << 18
 
 _lock = threading.Lock()
 _impl = None
