@@ -37,6 +37,16 @@ def per_token(t: Tensor | float, x: Tensor) -> Tensor:
     return t.expand(x.shape)
 
 
+def scaled_rates(beta: Tensor, generator: Tensor) -> Tensor:
+    r""":math:`\beta(t)\,R` for rate scales ``beta`` (any shape) and a generator ``R``
+    (``[S, S]``), with :math:`\infty \cdot 0 = 0`: where :math:`\alpha_t = 0` the clock
+    :math:`\beta = -\alpha'/\alpha` is infinite, and entries that are zero in :math:`R`
+    (transitions that cannot happen) must stay zero, not become NaN."""
+    beta = torch.as_tensor(beta, dtype=torch.float64)[..., None, None]
+    generator = generator.to(device=beta.device, dtype=torch.float64)
+    return torch.where(generator != 0, beta * generator, 0.0)
+
+
 def kl_categorical(p: Tensor, q: Tensor) -> Tensor:
     r""":math:`\mathrm{KL}(p \| q) = \sum_k p_k (\log p_k - \log q_k)` over the last axis,
     with :math:`0 \log 0 = 0`; infinite where :math:`p_k > 0 = q_k`."""
@@ -161,7 +171,9 @@ class Process:
             q = self.marginal_matrix(tt)[:V].to(x_t.device)  # [V, S], rows x0
             x = x_t[where]
             denominator = q[:, x].movedim(0, -1)  # [..., V]: q(x_t | x0)
-            weights = torch.where(mean[where] > 0, mean[where] / denominator.clamp_min(_TINY), 0.0)
+            # x0 that cannot produce x_t (denominator 0) drop out instead of weighing 1/tiny
+            weights = torch.where((mean[where] > 0) & (denominator > 0), mean[where] / denominator.clamp_min(_TINY),
+                                  0.0)
             out[where] = weights @ q[:, :V]
         return out
 
@@ -181,7 +193,9 @@ class Process:
             into = rates[:, x].movedim(0, -1).masked_fill(_onehot(x, S), 0.0)  # R(t)[y, x_t], y != x_t
             _check_absorbing_extra_states(into, V)
             row = torch.zeros_like(into)
-            row[..., :V] = into[..., :V] * score[where]
+            # a zero ratio or rate stays zero where the other is infinite (alpha_t = 0)
+            rate, ratio = into[..., :V], score[where]
+            row[..., :V] = torch.where((rate > 0) & (ratio > 0), rate * ratio, 0.0)
             out[where] = _with_diagonal(row, x)
         return out
 

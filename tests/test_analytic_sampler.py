@@ -128,5 +128,10 @@ def test_score_sampler_refuses_a_singular_start():
     with pytest.raises(ValueError, match="singular"):
         sampler.sample(lambda x, t: torch.zeros(*x.shape, 3), process, num_samples=2, length=3)
     uniform_zero = uniform("linear", V=3)
-    with pytest.raises(ValueError, match="no probability"):
-        sampler.sample(lambda x, t: torch.zeros(*x.shape, 3), uniform_zero, num_samples=2, length=3)
+
+    def varied(x, t):  # ratios that differ per token: the singular step must not pass silently
+        return torch.log(torch.arange(1, 4, dtype=torch.float64)).expand(*x.shape, 3)
+
+    for network in (lambda x, t: torch.zeros(*x.shape, 3), varied):
+        with pytest.raises(ValueError, match="singular"):
+            sampler.sample(network, uniform_zero, num_samples=2, length=3)

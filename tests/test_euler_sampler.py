@@ -150,3 +150,53 @@ def test_last_step_denoises_to_data_and_prompt_is_kept():
     assert torch.equal(result.tokens[prompt >= 0], prompt[prompt >= 0])
     assert all(torch.equal(state[prompt >= 0], prompt[prompt >= 0]) for state in result.trajectory)
     assert result.nfe <= result.steps <= 3
+
+
+# -- full noise (alpha_1 = 0): infinite clocks must not turn zero rates into NaN ----------------
+
+
+def test_a_steep_schedule_keeps_rates_finite_at_full_noise():
+    """With |alpha'(1)| >= 4 and alpha_1 = 0 (polynomial exponent 5) the clock -alpha'/alpha
+    overflows to inf at t = 1; the rates that are zero (impossible transitions) stay zero, the
+    reverse rates of the mean's ratios (0 at alpha = 0) are zero, and Euler samples."""
+    steep = {"name": "polynomial", "exponent": 5}
+    absorbing = ddkit.build("process", "masked", vocab_size=V, schedule=steep)
+    generator = ddkit.build("process", "matrix", vocab_size=V, generator="absorbing", schedule=steep)
+    for process in (absorbing, generator):
+        rates = process.rate_matrix(torch.tensor(1.0, dtype=torch.float64))
+        assert not bool(torch.isnan(rates).any())
+        off_diagonal = ~torch.eye(rates.shape[-1], dtype=torch.bool)
+        assert bool((rates[off_diagonal] == 0).sum() > 0)  # impossible transitions stay impossible
+    x_t = torch.full((2, N), V)
+    mean = torch.full((2, N, V), 1.0 / V, dtype=torch.float64)
+    t = torch.ones(2, dtype=torch.float64)
+    reverse = absorbing.reverse_rates(x_t, absorbing.score_from_mean(x_t, mean, t), t)
+    assert bool((reverse == 0).all())  # at full noise nothing unmasks yet
+    result = ddkit.build("sampler", "euler", steps=8).sample(
+        OracleDenoiser(CHAIN, absorbing), absorbing, num_samples=64, length=N,
+        generator=torch.Generator().manual_seed(0))
+    assert bool((result.tokens < V).all())
+
+
+def test_score_parameterization_is_refused_where_the_rates_at_t1_are_infinite():
+    sampler = ddkit.build("sampler", "euler", steps=4, parameterization="score")
+    with pytest.raises(ValueError, match="alpha_1 > 0"):
+        sampler.sample(lambda x, t: torch.zeros(*x.shape, V), masked("cosine"), num_samples=2, length=N)
+    loglinear = masked("loglinear")  # alpha_1 = eps > 0: allowed
+    out = sampler.sample(lambda x, t: torch.zeros(*x.shape, V), loglinear, num_samples=2, length=N,
+                         generator=torch.Generator().manual_seed(0))
+    assert bool((out.tokens < V).all())
+
+
+def test_uniform_closed_form_analytic_step_refuses_the_singular_start_like_the_generic_one():
+    process = uniform("linear")
+    x_t = torch.tensor([[0, 1, 2, 1]])
+    score = torch.rand(1, N, V, generator=torch.Generator().manual_seed(0), dtype=torch.float64) + 0.1
+    s, t = torch.tensor([0.75], dtype=torch.float64), torch.tensor([1.0], dtype=torch.float64)
+    with pytest.raises(ValueError, match="singular"):
+        ddkit.Process.score_posterior(process, x_t, score, s, t)
+    with pytest.raises(ValueError, match="singular"):
+        process.score_posterior(x_t, score, s, t)
+    s, t = torch.tensor([0.25], dtype=torch.float64), torch.tensor([0.5], dtype=torch.float64)
+    torch.testing.assert_close(process.score_posterior(x_t, score, s, t),
+                               ddkit.Process.score_posterior(process, x_t, score, s, t))

@@ -25,7 +25,7 @@ from torch import Tensor
 
 import ddkit
 import ddkit.kernels
-from ddkit.process import per_token
+from ddkit.process import per_token, scaled_rates
 
 _TINY = torch.finfo(torch.float64).tiny
 
@@ -70,11 +70,11 @@ class MaskedProcess(ddkit.Process):
 
     def rate_matrix(self, t: Tensor) -> Tensor:
         t = torch.as_tensor(t, dtype=torch.float64)
-        beta = (-self.schedule.alpha_prime(t) / self._alpha(t).clamp_min(_TINY))[..., None, None]
+        beta = -self.schedule.alpha_prime(t) / self._alpha(t).clamp_min(_TINY)
         S, m = self.num_states, self.mask_id
         base = -torch.eye(S, dtype=torch.float64, device=beta.device)
         base[:, m] += 1.0
-        return beta * base
+        return scaled_rates(beta, base)
 
     def prior_probs(self) -> Tensor:
         probs = torch.zeros(self.num_states, dtype=torch.float64)

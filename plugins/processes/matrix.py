@@ -72,7 +72,7 @@ from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, field_validator,
 from torch import Tensor
 
 import ddkit
-from ddkit.process import per_token
+from ddkit.process import per_token, scaled_rates
 
 _TINY = torch.finfo(torch.float64).tiny
 #: largest state space of a ``matrix`` process (dense matrices, one exponential per time)
@@ -340,7 +340,7 @@ class MatrixProcess(ddkit.Process):
     def rate_matrix(self, t: Tensor) -> Tensor:
         t = torch.as_tensor(t, dtype=torch.float64)
         beta = -self.schedule.alpha_prime(t) / self._alpha(t).clamp_min(_TINY)
-        return beta[..., None, None] * self.rates
+        return scaled_rates(beta, self.rates)
 
     def prior_probs(self) -> Tensor:
         return self.stationary.clone()

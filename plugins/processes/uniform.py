@@ -150,15 +150,26 @@ class UniformProcess(ddkit.Process):
 
     def reverse_rates(self, x_t: Tensor, score: Tensor, t: Tensor) -> Tensor:
         rate = (self._beta(per_token(t, x_t)) / self.vocab_size)[..., None]
-        row = (rate * score.to(torch.float64)).scatter(-1, x_t[..., None], 0.0)
+        score = score.to(torch.float64)
+        # a zero ratio stays zero where the rate is infinite (alpha_t = 0)
+        row = torch.where(score > 0, rate * score, 0.0).scatter(-1, x_t[..., None], 0.0)
         return row.scatter(-1, x_t[..., None], -row.sum(-1, keepdim=True))
 
     def score_posterior(self, x_t: Tensor, score: Tensor, s: Tensor, t: Tensor) -> Tensor:
         r"""Closed form of the analytic step: with :math:`\bar Q(s,t)^{-1} = \frac1k I +
         (1 - \frac1k)\frac JV`, :math:`p(y) \propto [\hat s_y - (1-k)\frac{\sum \hat s}{V}]^+
-        \,(k\delta_{y x_t} + \frac{1-k}{V})` (a factor :math:`1/k` dropped). Degenerate (all
-        zero) at :math:`\alpha_t = 0`, where the ratios carry no information."""
+        \,(k\delta_{y x_t} + \frac{1-k}{V})` (a factor :math:`1/k` dropped). Raises where
+        :math:`\alpha_t = 0 < \alpha_s` (:math:`k = 0`: the ratios carry no information), as
+        the generic form does."""
         a_s, a_t = self._alpha(per_token(s, x_t)), self._alpha(per_token(t, x_t))
+        singular = (a_t <= 0) & (a_s > 0)
+        if bool(singular.any()):  # as the generic form: Q(s, t) cannot be inverted there
+            index = tuple(int(i) for i in singular.nonzero()[0])
+            raise ValueError(
+                f"the analytic step from t = {float(per_token(t, x_t)[index])} to "
+                f"s = {float(per_token(s, x_t)[index])} needs an invertible transition matrix; "
+                f"Q(s, t) is singular (alpha_t = 0). Start below the singular time or use a "
+                f"schedule with alpha_1 > 0")
         V = self.vocab_size
         keep = torch.where(a_s > 0, a_t / a_s.clamp_min(_TINY), torch.ones_like(a_t))[..., None]
         full = score.to(torch.float64).scatter(-1, x_t[..., None], 1.0)

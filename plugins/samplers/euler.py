@@ -17,7 +17,10 @@ number of steps grows (first order). The last step, to :math:`s = 0`, is SEDD's 
 denoising step: the analytic (Tweedie) step of :mod:`ddkit.plugins.samplers.analytic`, which
 for the mean parameterization draws the clean token from the model's posterior. For a schedule with :math:`\alpha_1 = 0` the masked
 rates at :math:`t = 1` are :math:`\beta_1 s = \infty \cdot 0`, taken as 0: the first step
-leaves the all-mask state (an :math:`O(h)` error that vanishes with the step size).
+leaves the all-mask state (an :math:`O(h)` error that vanishes with the step size). That holds
+for the mean parameterization, whose ratios vanish there; a network that predicts the ratios
+itself would get infinite rates at :math:`t = 1`, so the score parameterization is refused
+with such a schedule (use one with :math:`\alpha_1 > 0`, e.g. log-linear).
 
 Shared by :mod:`ddkit.plugins.samplers.analytic` (this module's :class:`ReverseStepSampler`):
 
@@ -146,6 +149,15 @@ class ReverseStepSampler(ddkit.Sampler):
 
 
 class EulerSampler(ReverseStepSampler):
+    def sample(self, denoiser, process, **kwargs) -> ddkit.SampleResult:
+        if self._uses_score() and float(process.schedule.alpha(torch.ones((), dtype=torch.float64))) <= 0:
+            # beta_1 = -alpha'/alpha is infinite: any positive ratio a network outputs gives an
+            # infinite rate, and every position would jump in the first step
+            raise ValueError("euler with the score parameterization needs a schedule with alpha_1 > 0 "
+                             "(the reverse rates at alpha_t = 0 are infinite), e.g. loglinear; or use "
+                             "the mean parameterization")
+        return super().sample(denoiser, process, **kwargs)
+
     def step_probs(self, out, x, process, s, t, last):
         if last:  # the final denoising step (SEDD's): the analytic step to s = 0
             return self.analytic_probs(out, x, process, s, t)
