@@ -200,3 +200,32 @@ def test_uniform_closed_form_analytic_step_refuses_the_singular_start_like_the_g
     s, t = torch.tensor([0.25], dtype=torch.float64), torch.tensor([0.5], dtype=torch.float64)
     torch.testing.assert_close(process.score_posterior(x_t, score, s, t),
                                ddkit.Process.score_posterior(process, x_t, score, s, t))
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine", "loglinear"])
+def test_masked_euler_step_equals_the_closed_form_rates(schedule):
+    """Independent of the generic rate machinery: on the masked process a mask jumps to j at
+    the rate R(t)[j, m] s_j = beta_t * alpha_t/(1 - alpha_t) mu_j = -alpha'_t/(1 - alpha_t) mu_j
+    (mean parameterization), or beta_t s_j with the network's own ratios (score); a clean
+    token never jumps."""
+    process = masked(schedule)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.tensor([[V, 0, V, 2], [1, V, V, V]])
+    t, s = torch.full((2,), 0.6, dtype=F64), torch.full((2,), 0.59, dtype=F64)
+    h = 0.01
+    alpha, slope = process.schedule.alpha(t), process.schedule.alpha_prime(t)
+    clean = torch.nn.functional.one_hot(x, V + 1).to(F64)
+    mask = (x == V)[..., None]
+
+    log_mean = torch.log_softmax(torch.randn(2, N, V, generator=gen, dtype=F64), -1)
+    probs = ddkit.build("sampler", "euler", parameterization=TIMED).step_probs(log_mean, x, process, s, t, last=False)
+    jump = h * (-slope / (1 - alpha))[:, None, None] * log_mean.exp()
+    expected = torch.cat([jump, 1 - jump.sum(-1, keepdim=True)], -1)
+    torch.testing.assert_close(probs, torch.where(mask, expected, clean), rtol=0, atol=1e-13)
+
+    log_score = torch.randn(2, N, V, generator=gen, dtype=F64) - 2.0
+    score_sampler = ddkit.build("sampler", "euler", parameterization={"name": "score", "time_conditioning": True})
+    probs = score_sampler.step_probs(log_score, x, process, s, t, last=False)
+    jump = h * (-slope / alpha)[:, None, None] * log_score.exp()
+    expected = torch.cat([jump, 1 - jump.sum(-1, keepdim=True)], -1)
+    torch.testing.assert_close(probs, torch.where(mask, expected, clean), rtol=0, atol=1e-13)
