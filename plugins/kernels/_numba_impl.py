@@ -299,6 +299,12 @@ def _argmax_row(row):
 
 
 @njit(cache=True)
+def _bad_uniform(u):
+    """1 if ``u`` is outside [0, 1) or NaN, else 0 (branch-free, so loops stay vectorisable)."""
+    return np.int64((u < 0.0) | (u >= 1.0) | (u != u))
+
+
+@njit(cache=True)
 def sample_span(logits, selected, uniforms, out, tau, top_k, top_p, argmax, lo, hi, w, buf):
     """``out[i]`` for ``i`` in ``selected[lo:hi]``: the category of ``logits[i]`` drawn with
     ``uniforms[i]`` (or the first maximal entry with ``argmax``). Rows go four at a time so
@@ -311,8 +317,7 @@ def sample_span(logits, selected, uniforms, out, tau, top_k, top_p, argmax, lo, 
             continue
         group = min(4, hi - t)
         for r in range(group):
-            u = uniforms[selected[t + r]]
-            if not (u >= 0.0 and u < 1.0):  # also NaN
+            if _bad_uniform(uniforms[selected[t + r]]):
                 code = BAD_UNIFORM
             else:
                 code = _weights(logits[selected[t + r]], tau, top_k, top_p, w[r], buf)
@@ -341,12 +346,6 @@ def sample_rows(logits, selected, uniforms, out, tau, top_k, top_p, argmax, chun
         buf = np.empty((2, V))
         sample_span(logits, selected, uniforms, out, tau, top_k, top_p, argmax, c * n // chunks,
                     (c + 1) * n // chunks, w, buf)
-
-
-@njit(cache=True)
-def _bad_uniform(u):
-    """1 if ``u`` is outside [0, 1) or NaN, else 0 (branch-free, so loops stay vectorisable)."""
-    return np.int64((u < 0.0) | (u >= 1.0) | (u != u))
 
 
 @njit(cache=True)

@@ -58,7 +58,7 @@ from torch import Tensor
 
 import ddkit
 import ddkit.kernels
-from ddkit.process import per_token
+from ddkit.process import per_token, scaled_rates
 
 _TINY = torch.finfo(torch.float64).tiny
 
@@ -102,10 +102,8 @@ class UniformProcess(ddkit.Process):
         return self._mix_matrix(self._alpha(t))
 
     def rate_matrix(self, t: Tensor) -> Tensor:
-        beta = self._beta(t)[..., None, None]
         V = self.vocab_size
-        return beta * (torch.full((V, V), 1.0 / V, dtype=torch.float64, device=beta.device)
-                       - torch.eye(V, dtype=torch.float64, device=beta.device))
+        return scaled_rates(self._beta(t), torch.full((V, V), 1.0 / V, dtype=torch.float64) - torch.eye(V))
 
     def prior_probs(self) -> Tensor:
         return torch.full((self.vocab_size,), 1.0 / self.vocab_size, dtype=torch.float64)
