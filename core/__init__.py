@@ -25,7 +25,7 @@ from .errors import (
     UnknownComponentError,
 )
 from .hookspecs import KINDS, hookimpl
-from .loss import Loss, LossOutput, sample_steps, sample_times
+from .loss import ContinuousTimeLoss, ContinuousTimeLossParams, Loss, LossOutput, sample_steps, sample_times
 from .parameterization import Parameterization
 from .process import Process
 from .registry import (
@@ -47,6 +47,8 @@ __all__ = [
     "KINDS",
     "Component",
     "ComponentRecord",
+    "ContinuousTimeLoss",
+    "ContinuousTimeLossParams",
     "DDKitError",
     "Denoiser",
     "DenoiserCalls",

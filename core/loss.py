@@ -24,12 +24,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from .denoiser import Denoiser
+from .registry import Component, build
+
+if TYPE_CHECKING:
+    from .parameterization import Parameterization
+    from .process import Process
 
 TimeSampling = Literal["iid", "antithetic"]
 
@@ -99,3 +105,46 @@ class Loss(nn.Module):
     def forward(self, denoiser: Denoiser, x0: Tensor,
                 generator: torch.Generator | None = None) -> LossOutput:
         raise NotImplementedError
+
+
+class ContinuousTimeLoss(Loss):
+    r"""A continuous-time objective :math:`\int_{t_{min}}^1 \mathbb E_{q(x_t \mid x_0)}
+    \ell(x_0, x_t, t)\,dt`: one time per sequence (``time_sampling`` on :math:`[t_{min}, 1]`),
+    :math:`x_t \sim q(x_t \mid x_0)` from the process, and the estimate
+    :math:`(1 - t_{min})\,\ell` in nats per token. Subclasses give the integrand
+    :math:`\ell` (:meth:`integrand`) and the parameterization used when none is given."""
+
+    default_parameterization: ClassVar[str] = "mean"
+
+    def __init__(self, process: Process, parameterization: Parameterization | str | None = None,
+                 time_sampling: TimeSampling = "antithetic", t_min: float = 1e-4):
+        super().__init__()
+        if not 0.0 <= t_min < 1.0:
+            raise ValueError(f"t_min must be in [0, 1), got {t_min}")
+        self.process = process
+        self.parameterization = build("parameterization", parameterization or self.default_parameterization)
+        self.time_sampling = time_sampling
+        self.t_min = float(t_min)
+        if isinstance(process.schedule, nn.Module):
+            self.schedule = process.schedule  # learnable schedule parameters reach the optimiser
+
+    def integrand(self, denoiser: Denoiser, x0: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+        """Per-token nats of the integrand at times ``t`` (one per sequence)."""
+        raise NotImplementedError
+
+    def forward(self, denoiser: Denoiser, x0: Tensor,
+                generator: torch.Generator | None = None) -> LossOutput:
+        t = sample_times(x0.shape[0], method=self.time_sampling, t_min=self.t_min,
+                         generator=generator, device=x0.device)
+        x_t = self.process.sample_marginal(x0, t, generator=generator)
+        return LossOutput(nats=(1.0 - self.t_min) * self.integrand(denoiser, x0, x_t, t), t=t)
+
+
+class ContinuousTimeLossParams(BaseModel):
+    """Parameters of a :class:`ContinuousTimeLoss`; subclasses change the parameterization's default."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    process: Component("process")
+    parameterization: Component("parameterization") = "mean"
+    time_sampling: TimeSampling = "antithetic"
+    t_min: float = Field(1e-4, ge=0.0, lt=1.0)

@@ -12,42 +12,19 @@ the integral below :math:`t_{min}` and the prior term (zero when :math:`\alpha_1
 
 from __future__ import annotations
 
-from typing import Literal
-
-import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 import ddkit
 
 
-class ContinuousELBO(ddkit.Loss):
-    def __init__(self, process: ddkit.Process, parameterization: ddkit.Parameterization | str = "mean",
-                 time_sampling: Literal["iid", "antithetic"] = "antithetic", t_min: float = 1e-4):
-        super().__init__()
-        self.process = process
-        self.parameterization = ddkit.build("parameterization", parameterization)
-        self.time_sampling = time_sampling
-        self.t_min = float(t_min)
-        if isinstance(process.schedule, torch.nn.Module):
-            self.schedule = process.schedule  # learnable schedule parameters reach the optimiser
-
-    def forward(self, denoiser: ddkit.Denoiser, x0: Tensor,
-                generator: torch.Generator | None = None) -> ddkit.LossOutput:
-        t = ddkit.sample_times(x0.shape[0], method=self.time_sampling, t_min=self.t_min,
-                               generator=generator, device=x0.device)
-        x_t = self.process.sample_marginal(x0, t, generator=generator)
+class ContinuousELBO(ddkit.ContinuousTimeLoss):
+    def integrand(self, denoiser: ddkit.Denoiser, x0: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
         log_mean = self.parameterization.log_mean(denoiser, x_t, t, self.process)
-        nats = (1.0 - self.t_min) * self.process.continuous_elbo(x0, x_t, log_mean, t)
-        return ddkit.LossOutput(nats=nats, t=t)
+        return self.process.continuous_elbo(x0, x_t, log_mean, t)
 
 
-class ContinuousELBOParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
-    process: ddkit.Component("process")
-    parameterization: ddkit.Component("parameterization") = "mean"
-    time_sampling: Literal["iid", "antithetic"] = "antithetic"
-    t_min: float = Field(1e-4, ge=0.0, lt=1.0)
+class ContinuousELBOParams(ddkit.ContinuousTimeLossParams):
+    pass
 
 
 @ddkit.hookimpl

@@ -23,44 +23,21 @@ One time per sequence, iid or antithetic on :math:`[t_{min}, 1]`, weighted by
 
 from __future__ import annotations
 
-from typing import Literal
-
-import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 import ddkit
 
 
-class ScoreEntropy(ddkit.Loss):
-    def __init__(self, process: ddkit.Process, parameterization: ddkit.Parameterization | str = "score",
-                 time_sampling: Literal["iid", "antithetic"] = "antithetic", t_min: float = 1e-4):
-        super().__init__()
-        if not 0.0 <= t_min < 1.0:
-            raise ValueError(f"t_min must be in [0, 1), got {t_min}")
-        self.process = process
-        self.parameterization = ddkit.build("parameterization", parameterization)
-        self.time_sampling = time_sampling
-        self.t_min = float(t_min)
-        if isinstance(process.schedule, torch.nn.Module):
-            self.schedule = process.schedule  # learnable schedule parameters reach the optimiser
+class ScoreEntropy(ddkit.ContinuousTimeLoss):
+    default_parameterization = "score"
 
-    def forward(self, denoiser: ddkit.Denoiser, x0: Tensor,
-                generator: torch.Generator | None = None) -> ddkit.LossOutput:
-        t = ddkit.sample_times(x0.shape[0], method=self.time_sampling, t_min=self.t_min,
-                               generator=generator, device=x0.device)
-        x_t = self.process.sample_marginal(x0, t, generator=generator)
+    def integrand(self, denoiser: ddkit.Denoiser, x0: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
         log_score = self.parameterization.log_score(denoiser, x_t, t, self.process)
-        nats = (1.0 - self.t_min) * self.process.score_entropy(x0, x_t, log_score, t)
-        return ddkit.LossOutput(nats=nats, t=t)
+        return self.process.score_entropy(x0, x_t, log_score, t)
 
 
-class ScoreEntropyParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
-    process: ddkit.Component("process")
+class ScoreEntropyParams(ddkit.ContinuousTimeLossParams):
     parameterization: ddkit.Component("parameterization") = "score"
-    time_sampling: Literal["iid", "antithetic"] = "antithetic"
-    t_min: float = Field(1e-4, ge=0.0, lt=1.0)
 
 
 @ddkit.hookimpl
