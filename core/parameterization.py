@@ -26,6 +26,21 @@ class Parameterization:
     #: (ratios); samplers that can use either pick the matching path
     predicts: str = "mean"
 
+    def network_output(self, denoiser: Denoiser, x_t: Tensor, t: Tensor, process: Process, *,
+                       what: str, meaning: str) -> Tensor:
+        """The denoiser's output over the clean vocabulary, ``[B, N, V]`` (extra columns
+        dropped): called at ``t`` with time conditioning, else at ``t = 0`` for every input.
+        ``what`` and ``meaning`` name the outputs in the error for a wrong shape."""
+        V = process.vocab_size
+        t = torch.as_tensor(t, dtype=torch.get_default_dtype(), device=x_t.device)
+        if not self.time_conditioning:
+            t = torch.zeros_like(t)
+        out = denoiser(x_t, t)
+        if out.shape[:2] != x_t.shape or out.shape[-1] < V:
+            raise ValueError(f"denoiser returned {what} of shape {tuple(out.shape)}; expected "
+                             f"[{x_t.shape[0]}, {x_t.shape[1]}, {V}] ({meaning})")
+        return out[..., :V]
+
     def log_mean(self, denoiser: Denoiser, x_t: Tensor, t: Tensor, process: Process) -> Tensor:
         r""":math:`\log \mu_\theta(x_t, t)`, shape ``[B, N, V]``."""
         raise NotImplementedError(f"{type(self).__name__} does not provide a mean prediction")

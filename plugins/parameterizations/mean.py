@@ -25,17 +25,7 @@ class MeanParameterization(ddkit.Parameterization):
 
     def mean_logits(self, denoiser: ddkit.Denoiser, x_t: Tensor, t: Tensor, process: ddkit.Process) -> Tensor:
         """The network's logits over the clean vocabulary (float32; a view when they are)."""
-        V = process.vocab_size
-        t = torch.as_tensor(t, dtype=torch.get_default_dtype(), device=x_t.device)
-        if not self.time_conditioning:
-            t = torch.zeros_like(t)
-        logits = denoiser(x_t, t)
-        if logits.shape[:2] != x_t.shape or logits.shape[-1] < V:
-            raise ValueError(
-                f"denoiser returned logits of shape {tuple(logits.shape)}; expected "
-                f"[{x_t.shape[0]}, {x_t.shape[1]}, {V}] (clean vocabulary)"
-            )
-        return logits[..., :V].float()
+        return self.network_output(denoiser, x_t, t, process, what="logits", meaning="clean vocabulary").float()
 
     def log_mean(self, denoiser: ddkit.Denoiser, x_t: Tensor, t: Tensor, process: ddkit.Process) -> Tensor:
         V = process.vocab_size

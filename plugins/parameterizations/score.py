@@ -48,16 +48,8 @@ class ScoreParameterization(ddkit.Parameterization):
 
     def log_score(self, denoiser: ddkit.Denoiser, x_t: Tensor, t: Tensor, process: ddkit.Process) -> Tensor:
         V = process.vocab_size
-        t = torch.as_tensor(t, dtype=torch.get_default_dtype(), device=x_t.device)
-        if not self.time_conditioning:
-            t = torch.zeros_like(t)
-        out = denoiser(x_t, t)
-        if out.shape[:2] != x_t.shape or out.shape[-1] < V:
-            raise ValueError(
-                f"denoiser returned outputs of shape {tuple(out.shape)}; expected "
-                f"[{x_t.shape[0]}, {x_t.shape[1]}, {V}] (log ratios over the clean vocabulary)"
-            )
-        log_score = out[..., :V].to(torch.float64)
+        log_score = self.network_output(denoiser, x_t, t, process, what="outputs",
+                                        meaning="log ratios over the clean vocabulary").to(torch.float64)
         clean = x_t < V
         own = torch.nn.functional.one_hot(x_t.clamp_max(V - 1), V).bool() & clean[..., None]
         return log_score.masked_fill(own, 0.0)
