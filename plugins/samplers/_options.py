@@ -1,7 +1,10 @@
-"""Parameters that every token-sampling sampler shares (temperature, top-k, top-p), and the
-kernel backend for samplers whose hot step runs through :mod:`ddkit.kernels`."""
+"""Parameters that every token-sampling sampler shares (temperature, top-k, top-p), the
+kernel backend for samplers whose hot step runs through :mod:`ddkit.kernels`, and the time
+grid of discrete-time samplers."""
 
 from __future__ import annotations
+
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -24,3 +27,14 @@ class KernelSamplingParams(TokenSamplingParams):
     @classmethod
     def _installed(cls, name: str) -> str:
         return ddkit.kernels.check_backend_name(name)
+
+
+class GridParams(BaseModel):
+    """A discrete-time sampler: ``steps`` on a uniform or cosine grid (:func:`ddkit.time_grid`),
+    reuse of a time-independent denoiser's output (``cache``), and an argmax last step."""
+
+    model_config = ConfigDict(extra="forbid")
+    steps: int = Field(128, ge=1)
+    grid: Literal["uniform", "cosine"] = "uniform"
+    cache: bool = True
+    final_argmax: bool = False

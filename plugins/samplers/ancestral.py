@@ -27,13 +27,12 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import Field
 
 import ddkit
 import ddkit.kernels
 from ddkit.categorical import filter_logits, sample_categorical
 
-from ._options import KernelSamplingParams
+from ._options import GridParams, KernelSamplingParams
 
 
 class AncestralSampler(ddkit.Sampler):
@@ -118,11 +117,8 @@ class AncestralSampler(ddkit.Sampler):
             top_k=self.top_k, top_p=self.top_p, argmax=last and self.final_argmax, backend=self.backend)
 
 
-class AncestralParams(KernelSamplingParams):
-    steps: int = Field(128, ge=1)
-    grid: Literal["uniform", "cosine"] = "uniform"
-    cache: bool = True
-    final_argmax: bool = False
+class AncestralParams(GridParams, KernelSamplingParams):
+    pass
 
 
 @ddkit.hookimpl

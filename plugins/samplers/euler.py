@@ -43,13 +43,12 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import Field
 from torch import Tensor
 
 import ddkit
 from ddkit.categorical import filter_logits, sample_categorical
 
-from ._options import TokenSamplingParams
+from ._options import GridParams, TokenSamplingParams
 
 
 class ReverseStepSampler(ddkit.Sampler):
@@ -183,11 +182,8 @@ class EulerSampler(ReverseStepSampler):
         return torch.where(certain, direction, jump) + own * stay
 
 
-class EulerParams(TokenSamplingParams):
-    steps: int = Field(128, ge=1)
-    grid: Literal["uniform", "cosine"] = "uniform"
-    cache: bool = True
-    final_argmax: bool = False
+class EulerParams(GridParams, TokenSamplingParams):
+    pass
 
 
 @ddkit.hookimpl
