@@ -38,6 +38,8 @@ from ddkit.testing.oracles import sequence_ids
 from ddkit.testing.stats import empirical_distribution, kl_divergence, total_variation, tv_bound
 
 ANCESTRAL_STEPS = (1, 2, 4, 8, 16, 32, 64, 128)
+LAW_HEADER = ("| sampler | steps | KL(sampled ‖ true) | TV | mean true NLL (nats/seq) | NFE | seconds |",
+              "|---|---|---|---|---|---|---|")
 
 
 def samplers(length: int):
@@ -68,24 +70,35 @@ def uniform_table(vocab: int, length: int, num: int, seed: int, schedule: str) -
     process = ddkit.build("process", "uniform", vocab_size=vocab, schedule=schedule)
     oracle = OracleDenoiser(chain, process)
     truth = chain.probabilities(length)
-    outcomes = vocab**length
     lines = [
         f"Uniform process (same chain and space, {schedule} schedule, time-conditioned oracle): "
         f"every token is resampled, so no sampler is exact; all approach the exact samples as "
         f"steps grow.",
         "",
-        "| sampler | steps | KL(sampled ‖ true) | TV | mean true NLL (nats/seq) | NFE | seconds |",
-        "|---|---|---|---|---|---|---|",
+        *LAW_HEADER,
     ]
-    for name, steps, sampler in uniform_samplers():
+    return lines + sampler_rows(uniform_samplers(), chain, oracle, process, truth, vocab, num, length, seed)
+
+
+def law_row(chain: MarkovChain, truth: torch.Tensor, vocab: int, name: str, steps: str, tokens: torch.Tensor,
+            nfe: int, seconds: float) -> str:
+    """One row of an enumerable table: KL and TV of the samples' law to ``truth``, true NLL."""
+    law = empirical_distribution(sequence_ids(tokens, vocab), vocab ** tokens.shape[1])
+    return (f"| {name} | {steps} | {kl_divergence(law, truth):.4f} | {total_variation(law, truth):.4f} | "
+            f"{nll_summary(chain, tokens)} | {nfe} | {seconds:.2f} |")
+
+
+def sampler_rows(named_samplers, chain, oracle, process, truth, vocab: int, num: int, length: int,
+                 seed: int) -> list[str]:
+    """:func:`law_row` for every ``(name, steps, sampler)`` driven by the oracle."""
+    rows = []
+    for name, steps, sampler in named_samplers:
         start = time.perf_counter()
         result = sampler.sample(oracle, process, num_samples=num, length=length,
                                 generator=torch.Generator().manual_seed(seed + 2))
-        law = empirical_distribution(sequence_ids(result.tokens, vocab), outcomes)
-        lines.append(f"| {name} | {steps} | {kl_divergence(law, truth):.4f} | "
-                     f"{total_variation(law, truth):.4f} | {nll_summary(chain, result.tokens)} | "
-                     f"{result.nfe} | {time.perf_counter() - start:.2f} |")
-    return lines
+        rows.append(law_row(chain, truth, vocab, name, steps, result.tokens, result.nfe,
+                            time.perf_counter() - start))
+    return rows
 
 
 def nll_summary(chain: MarkovChain, tokens: torch.Tensor) -> str:
@@ -100,30 +113,18 @@ def enumerable_table(vocab: int, length: int, num: int, seed: int, schedule: str
     truth = chain.probabilities(length)
     outcomes = vocab**length
 
-    def row(name, steps, tokens, nfe, seconds):
-        law = empirical_distribution(sequence_ids(tokens, vocab), outcomes)
-        return (f"| {name} | {steps} | {kl_divergence(law, truth):.4f} | "
-                f"{total_variation(law, truth):.4f} | {nll_summary(chain, tokens)} | {nfe} | "
-                f"{seconds:.2f} |")
-
     lines = [
         f"Enumerable space: V = {vocab}, N = {length} ({outcomes} sequences), {num} samples per "
         f"row, masked process with the {schedule} schedule, chain seed {seed}. Exact entropy "
         f"H(X_1:N) = {chain.entropy(length):.4f} nats; TV bound for exact sampling at "
         f"failure probability 1e-6: {tv_bound(truth, num):.4f}.",
         "",
-        "| sampler | steps | KL(sampled ‖ true) | TV | mean true NLL (nats/seq) | NFE | seconds |",
-        "|---|---|---|---|---|---|---|",
+        *LAW_HEADER,
     ]
     start = time.perf_counter()
     exact = chain.sample(num, length, torch.Generator().manual_seed(seed + 1))
-    lines.append(row("exact (chain)", "-", exact, 0, time.perf_counter() - start))
-    for name, steps, sampler in samplers(length):
-        start = time.perf_counter()
-        result = sampler.sample(oracle, process, num_samples=num, length=length,
-                                generator=torch.Generator().manual_seed(seed + 2))
-        lines.append(row(name, steps, result.tokens, result.nfe, time.perf_counter() - start))
-    return lines
+    lines.append(law_row(chain, truth, vocab, "exact (chain)", "-", exact, 0, time.perf_counter() - start))
+    return lines + sampler_rows(samplers(length), chain, oracle, process, truth, vocab, num, length, seed)
 
 
 def large_table(vocab: int, length: int, num: int, seed: int, schedule: str) -> list[str]:

@@ -3,29 +3,17 @@
 directory; and the Markov pipeline's bound against the exact entropy."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 
-from ddkit.cli import main
 from ddkit.config import load_pipeline
 from ddkit.contrib.evaluate import estimate_elbo
 from ddkit.contrib.pipeline import Pipeline
 from ddkit.contrib.runner import run_pipeline
+from pipeline_helpers import ROOT, TINY, invoke
 
-ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = str(ROOT / "pipelines" / "quickstart.yaml")
-TINY = ["train.steps=4", "train.batch_size=4", "train.warmup_steps=1", "train.log_every=2", "train.eval_every=2",
-        "train.eval_batches=1", "model.width=16", "model.depth=1", "model.heads=2", "data.seq_len=16",
-        "eval.max_sequences=8", "eval.time_samples=2", "eval.discrete_steps=8", "sampler.steps=8",
-        "sample.num_samples=2", "train.progress=false"]
-
-
-def invoke(*args):
-    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-    return result
 
 
 @pytest.fixture(scope="module")
