@@ -27,6 +27,7 @@ from .errors import (
 from .hookspecs import KINDS, hookimpl
 from .loss import ContinuousTimeLoss, ContinuousTimeLossParams, Loss, LossOutput, sample_steps, sample_times
 from .parameterization import Parameterization
+from .params import params_model
 from .process import Process
 from .registry import (
     Component,
@@ -71,6 +72,7 @@ __all__ = [
     "get_registry",
     "hookimpl",
     "list_components",
+    "params_model",
     "reset_registry",
     "sample_steps",
     "sample_times",

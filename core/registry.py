@@ -30,6 +30,7 @@ import pluggy
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, WithJsonSchema
 
 from . import hookspecs
+from .params import params_model
 from .errors import (
     DuplicateComponentError,
     ParameterError,
@@ -152,9 +153,11 @@ class Registry:
             name: str,
             factory: Callable[..., Any],
             *,
-            params: type[BaseModel] = NoParams,
+            params: type[BaseModel] | None = None,
             summary: str = "",
         ) -> None:
+            if params is None:
+                params = params_model(factory, name=f"{name}:{kind}Params")
             record = ComponentRecord(kind, name, factory, params, summary, source, plugin_name)
             self._add_record(record)
 
