@@ -67,7 +67,11 @@ class TrainConfig(Section):
     log_every: int = Field(50, ge=1, description="steps between metric lines")
     eval_every: int | None = Field(None, ge=1, description="steps between validation losses; null: at the end only")
     eval_batches: int = Field(4, ge=1, description="batches per validation loss during training")
-    checkpoint_every: int | None = Field(None, ge=1, description="steps between checkpoints; null: at the end only")
+    checkpoint_every: int | None = Field(None, ge=1, description="steps between checkpoints; null: by time only")
+    checkpoint_interval_s: float | None = Field(
+        600.0, gt=0, allow_inf_nan=False,
+        description="also checkpoint once this many seconds of training passed since the last checkpoint; "
+                    "null: by steps only")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$", description="auto: cuda if available")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU")
     progress: bool = Field(True, description="show a progress bar")
