@@ -39,7 +39,18 @@ from .registry import (
     list_components,
     reset_registry,
 )
-from .sampler import DenoiserCalls, SampleResult, Sampler, time_grid
+from .sampler import (
+    Corrector,
+    DenoiserCalls,
+    GridSampler,
+    SampleResult,
+    Sampler,
+    SamplerState,
+    TokenSampler,
+    TransitionSampler,
+    UnmaskingRule,
+    time_grid,
+)
 from .schedule import Schedule
 
 __version__ = "0.1.0"
@@ -47,6 +58,7 @@ __version__ = "0.1.0"
 __all__ = [
     "KINDS",
     "Component",
+    "Corrector",
     "ComponentRecord",
     "ContinuousTimeLoss",
     "ContinuousTimeLossParams",
@@ -54,6 +66,7 @@ __all__ = [
     "Denoiser",
     "DenoiserCalls",
     "DuplicateComponentError",
+    "GridSampler",
     "Loss",
     "LossOutput",
     "NoParams",
@@ -66,8 +79,12 @@ __all__ = [
     "Registry",
     "SampleResult",
     "Sampler",
+    "SamplerState",
     "Schedule",
+    "TokenSampler",
+    "TransitionSampler",
     "UnknownComponentError",
+    "UnmaskingRule",
     "build",
     "get_registry",
     "hookimpl",

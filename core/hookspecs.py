@@ -31,6 +31,8 @@ KINDS = (
     "parameterization",
     "loss",
     "sampler",
+    "corrector",
+    "unmasking_rule",
     "model",
     "dataset",
     "tokenizer",
@@ -61,6 +63,17 @@ def register_losses(register):
 @hookspec
 def register_samplers(register):
     """Register :class:`ddkit.Sampler` factories (reverse-process simulators)."""
+
+
+@hookspec
+def register_correctors(register):
+    """Register :class:`ddkit.Corrector` factories (run after a sampler's predictor steps)."""
+
+
+@hookspec
+def register_unmasking_rules(register):
+    """Register :class:`ddkit.UnmaskingRule` factories (which masked positions commit and which
+    clean ones are remasked, per step of a masked sampler)."""
 
 
 @hookspec

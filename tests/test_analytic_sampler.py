@@ -111,7 +111,7 @@ def test_true_score_makes_every_step_exact():
         for i in range(steps):
             t, s = grid[i].expand(4), grid[i + 1].expand(4)
             last = i == steps - 1
-            step = sampler._shape(sampler.step_probs(true_log_score(x, t), x, process, s, t, last), x, process, last)
+            step = sampler.step_probs(true_log_score(x, t), x, process, s, t, last, score=True)
             dist = dist @ step[:, 0]
         out += dist
         return out

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import ddkit
+import ddkit.steps
 from ddkit.testing import MarkovChain, OracleDenoiser, check_sampler
 from ddkit.testing.oracles import all_sequences, sequence_ids
 from ddkit.testing.stats import empirical_distribution, kl_divergence, kl_types_bound, total_variation, tv_bound
@@ -31,7 +32,7 @@ def masked(schedule="cosine", V=V):
 
 
 def exact_law(sampler, model, process, denoiser=None):
-    """The exact output distribution over V^N of ``sampler`` (a ReverseStepSampler) with the
+    """The exact output distribution over V^N of ``sampler`` (a TransitionSampler) with the
     oracle (or ``denoiser``), by pushing the prior through every step."""
     S = process.num_states
     denoiser = denoiser or OracleDenoiser(model, process)
@@ -39,14 +40,15 @@ def exact_law(sampler, model, process, denoiser=None):
     prior = process.prior_probs()
     law = prior[states].prod(-1)  # independent prior per position
     grid = ddkit.time_grid(sampler.steps, sampler.grid)
-    output = "log_score" if sampler._uses_score() else "log_mean"
+    score = sampler.parameterization.predicts == "score"
+    output = "log_score" if score else "log_mean"
     for i in range(sampler.steps):
         alive = law > 0  # the denoiser is only asked about states that can occur
         x = states[alive]
         t, s = grid[i].expand(len(x)), grid[i + 1].expand(len(x))
         last = i == sampler.steps - 1
         out = getattr(sampler.parameterization, output)(denoiser, x, t, process)
-        probs = sampler._shape(sampler.step_probs(out, x, process, s, t, last), x, process, last)
+        probs = sampler.step_probs(out, x, process, s, t, last, score=score)
         step = probs[:, 0]
         for n in range(1, N):
             step = (step[:, :, None] * probs[:, n, None, :]).reshape(len(x), -1)
@@ -107,13 +109,13 @@ def test_one_step_jumps_with_the_reverse_rates():
     x = torch.randint(0, 4, (3, 5), generator=gen)
     log_mean = torch.log_softmax(torch.randn(3, 5, 4, generator=gen, dtype=F64), -1)
     t, s = torch.full((3,), 0.5, dtype=F64), torch.full((3,), 0.49, dtype=F64)
-    probs = sampler.step_probs(log_mean, x, process, s, t, last=False)
+    probs = sampler.transition_probs(log_mean, x, process, s, t, last=False, score=False)
     rates = process.reverse_rates(x, process.score_from_mean(x, log_mean.exp(), t), t)
     expected = torch.nn.functional.one_hot(x, 4).to(F64) + 0.01 * rates
     assert torch.allclose(probs, expected, atol=1e-14)
     # a step longer than the holding time: the position jumps surely, in proportion to the rates
     early = torch.full((3,), 0.999, dtype=F64)
-    big = sampler.step_probs(log_mean, x, process, torch.zeros(3, dtype=F64), early, last=False)
+    big = sampler.transition_probs(log_mean, x, process, torch.zeros(3, dtype=F64), early, last=False, score=False)
     fast = process.reverse_rates(x, process.score_from_mean(x, log_mean.exp(), early), early)
     off = fast.masked_fill(torch.nn.functional.one_hot(x, 4).bool(), 0.0)
     assert torch.allclose(big, off / off.sum(-1, keepdim=True), atol=1e-14)
@@ -127,15 +129,15 @@ def test_filters_reshape_where_a_position_jumps_not_whether():
     log_mean = torch.log_softmax(2 * torch.randn(2, 6, 5, generator=gen, dtype=F64), -1)
     t, s = torch.full((2,), 0.6, dtype=F64), torch.full((2,), 0.5, dtype=F64)
     plain = ddkit.build("sampler", "euler", parameterization=TIMED)
-    probs = plain._shape(plain.step_probs(log_mean, x, process, s, t, False), x, process, False)
+    probs = plain.transition_probs(log_mean, x, process, s, t, False, score=False)
     own = torch.nn.functional.one_hot(x, 5).bool()
     for params in ({"top_k": 1}, {"temperature": 0.0}, {"temperature": 0.5, "top_p": 0.6}):
         sampler = ddkit.build("sampler", "euler", parameterization=TIMED, **params)
-        shaped = sampler._shape(probs, x, process, False)
+        shaped = ddkit.steps.filter_jump_targets(probs, x, sampler.tokens)
         assert torch.allclose(shaped[own], probs[own])  # the stay probability is kept
         assert torch.allclose(shaped.sum(-1), torch.ones(2, 6, dtype=F64))
     best = probs.masked_fill(own, -1.0).argmax(-1)
-    top1 = ddkit.build("sampler", "euler", top_k=1)._shape(probs, x, process, False)
+    top1 = ddkit.steps.filter_jump_targets(probs, x, ddkit.build("sampler", "euler", top_k=1).tokens)
     jump = 1 - probs[own].reshape(2, 6)
     assert torch.allclose(top1.gather(-1, best[..., None])[..., 0], jump)
 
@@ -218,14 +220,14 @@ def test_masked_euler_step_equals_the_closed_form_rates(schedule):
     mask = (x == V)[..., None]
 
     log_mean = torch.log_softmax(torch.randn(2, N, V, generator=gen, dtype=F64), -1)
-    probs = ddkit.build("sampler", "euler", parameterization=TIMED).step_probs(log_mean, x, process, s, t, last=False)
+    probs = ddkit.build("sampler", "euler", parameterization=TIMED).transition_probs(log_mean, x, process, s, t, last=False, score=False)
     jump = h * (-slope / (1 - alpha))[:, None, None] * log_mean.exp()
     expected = torch.cat([jump, 1 - jump.sum(-1, keepdim=True)], -1)
     torch.testing.assert_close(probs, torch.where(mask, expected, clean), rtol=0, atol=1e-13)
 
     log_score = torch.randn(2, N, V, generator=gen, dtype=F64) - 2.0
     score_sampler = ddkit.build("sampler", "euler", parameterization={"name": "score", "time_conditioning": True})
-    probs = score_sampler.step_probs(log_score, x, process, s, t, last=False)
+    probs = score_sampler.transition_probs(log_score, x, process, s, t, last=False, score=True)
     jump = h * (-slope / alpha)[:, None, None] * log_score.exp()
     expected = torch.cat([jump, 1 - jump.sum(-1, keepdim=True)], -1)
     torch.testing.assert_close(probs, torch.where(mask, expected, clean), rtol=0, atol=1e-13)

@@ -221,19 +221,20 @@ def test_denoiser_calls_cache_only_what_cannot_depend_on_t():
         return torch.zeros(*x.shape, 3)
 
     x = torch.zeros(1, 2, dtype=torch.long)
-    mean_calls = ddkit.DenoiserCalls(net, uniform, ddkit.build("parameterization", "mean"), cache=True,
-                                     output="log_score")
-    mean_calls(x, torch.tensor([0.5]))
-    mean_calls(x, torch.tensor([0.4]))
+    mean_calls = ddkit.DenoiserCalls(net, uniform, ddkit.build("parameterization", "mean"), cache=True)
+    mean_calls.log_score(x, torch.tensor([0.5]))
+    mean_calls.log_score(x, torch.tensor([0.4]))
     assert mean_calls.nfe == 2  # ratios from a mean depend on t through the process
     score_calls = ddkit.DenoiserCalls(net, uniform, ddkit.build("parameterization", "score",
-                                                                time_conditioning=False), cache=True,
-                                      output="log_score")
-    score_calls(x, torch.tensor([0.5]))
-    score_calls(x, torch.tensor([0.4]))
+                                                                time_conditioning=False), cache=True)
+    score_calls.log_score(x, torch.tensor([0.5]))
+    score_calls.log_score(x, torch.tensor([0.4]))
     assert score_calls.nfe == 1
-    with pytest.raises(ValueError, match="output"):
-        ddkit.DenoiserCalls(net, uniform, ddkit.build("parameterization", "mean"), output="logits")
+    # the mean and its logits are cached separately: a different method calls the denoiser
+    mean_calls.mean_logits(x, torch.tensor([0.5]))
+    mean_calls.mean_logits(x, torch.tensor([0.4]))
+    mean_calls.log_mean(x, torch.tensor([0.4]))
+    assert mean_calls.nfe == 4
 
 
 def test_score_entropy_loss_trains_the_score_parameterization():

@@ -20,62 +20,44 @@ import torch
 
 import ddkit
 import ddkit.kernels
+from ddkit.sampler import Backend, TokenSampler
 
-from ._options import KernelSamplingParams
 
-
-class FirstHittingSampler(ddkit.Sampler):
+class FirstHittingSampler(TokenSampler):
     requires = frozenset({"absorbing"})
 
-    def __init__(self, temperature: float = 1.0, top_k: int | None = None,
-                 top_p: float | None = None, parameterization: ddkit.Parameterization | str = "mean",
-                 backend: str = "auto"):
-        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
-        self.parameterization = ddkit.build("parameterization", parameterization)
-        self.backend = ddkit.kernels.check_backend_name(backend)
+    def __init__(self, backend: Backend = "auto", **token_params):
+        super().__init__(**token_params)
+        self.backend = backend
 
-    @torch.no_grad()
-    def sample(self, denoiser, process, *, num_samples=None, length=None, prompt=None,
-               generator=None, device=None, record_trajectory=False) -> ddkit.SampleResult:
-        self.check_process(process)
-        schedule = process.schedule
+    def start(self, state):
+        schedule = state.process.schedule
         if not schedule.invertible:
             raise ValueError(f"first_hitting needs an invertible schedule; {type(schedule).__name__} is not")
-        x, fixed = self.initial_state(process, num_samples=num_samples, length=length,
-                                      prompt=prompt, generator=generator, device=device)
-        # only the masked row that unmasks is read: the carry-over of clean rows is not needed
-        calls = ddkit.DenoiserCalls(denoiser, process, self.parameterization, output="mean_logits")
-        trajectory = [x.clone()] if record_trajectory else None
+
+    def step(self, state):
+        x, t, schedule, generator = state.x, state.t, state.process.schedule, state.generator
         batch = x.shape[0]
+        masked = state.free_masked()
+        remaining = masked.sum(-1)
+        active = remaining > 0
+        u = torch.rand(batch, generator=generator, dtype=torch.float64, device=x.device)
+        alpha_s = 1.0 - (1.0 - schedule.alpha(t)) * u ** (1.0 / remaining.clamp_min(1))
+        s = torch.where(active, torch.minimum(schedule.inverse(alpha_s), t), t)
+        # only the masked row that unmasks is read: the carry-over of clean rows is not needed
+        logits = state.calls.mean_logits(x, s)
+        scores = torch.rand(x.shape, generator=generator, device=x.device).masked_fill(~masked, -1.0)
+        position = scores.argmax(-1)
+        u_token = torch.rand(batch, generator=generator, dtype=torch.float64, device=x.device)
         rows = torch.arange(batch, device=x.device)
-        t = torch.ones(batch, dtype=torch.float64, device=x.device)
-        steps = 0
-        while True:
-            masked = (x == process.mask_id) & ~fixed
-            remaining = masked.sum(-1)
-            active = remaining > 0
-            if not bool(active.any()):
-                break
-            u = torch.rand(batch, generator=generator, dtype=torch.float64, device=x.device)
-            alpha_s = 1.0 - (1.0 - schedule.alpha(t)) * u ** (1.0 / remaining.clamp_min(1))
-            s = torch.where(active, torch.minimum(schedule.inverse(alpha_s), t), t)
-            logits = calls(x, s)
-            scores = torch.rand(x.shape, generator=generator, device=x.device).masked_fill(~masked, -1.0)
-            position = scores.argmax(-1)
-            u_token = torch.rand(batch, generator=generator, dtype=torch.float64, device=x.device)
-            token = ddkit.kernels.categorical(logits[rows, position], u_token, temperature=self.temperature,
-                                              top_k=self.top_k, top_p=self.top_p, backend=self.backend)
-            x = x.clone()
-            x[rows[active], position[active]] = token[active]
-            t = s
-            steps += 1
-            if trajectory is not None:
-                trajectory.append(x.clone())
-        return ddkit.SampleResult(tokens=x, nfe=calls.nfe, steps=steps, trajectory=trajectory,
-                                  fixed=fixed)
+        token = ddkit.kernels.categorical(logits[rows, position], u_token, temperature=self.temperature,
+                                          top_k=self.top_k, top_p=self.top_p, backend=self.backend)
+        x = x.clone()
+        x[rows[active], position[active]] = token[active]
+        state.x, state.t = x, s
 
 
 @ddkit.hookimpl
 def register_samplers(register):
-    register("first_hitting", FirstHittingSampler, params=KernelSamplingParams,
+    register("first_hitting", FirstHittingSampler,
              summary="exact CTMC simulation of masked diffusion, one token per denoiser call")

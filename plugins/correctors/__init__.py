@@ -1,0 +1,1 @@
+"""Built-in correctors (predictor-corrector sampling)."""

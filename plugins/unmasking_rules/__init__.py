@@ -1,0 +1,1 @@
+"""Built-in unmasking / remasking rules of masked samplers."""
