@@ -12,18 +12,19 @@ r"""An example third-party ddkit plugin: one schedule and one sampler.
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 import ddkit
-from ddkit.categorical import sample_categorical
+from ddkit.categorical import filter_logits, sample_categorical
 
 
 class ExponentialSchedule(ddkit.Schedule):
     invertible = True
 
-    def __init__(self, rate: float = 3.0):
+    def __init__(self, rate: Annotated[float, Field(gt=0.0)] = 3.0):
         super().__init__()
         self.rate = float(rate)
         self._floor = math.exp(-self.rate)
@@ -39,57 +40,35 @@ class ExponentialSchedule(ddkit.Schedule):
         return (-torch.log(inner) / self.rate).clamp(0.0, 1.0)
 
 
-class ExponentialParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    rate: float = Field(3.0, gt=0.0)
+class AnyOrderSampler(ddkit.TokenSampler):
+    """Any-order autoregression: each step unmasks ``tokens_per_step`` uniformly chosen free
+    masked positions, drawn from the filtered mean at the fraction still masked as time."""
 
-
-class AnyOrderSampler(ddkit.Sampler):
     requires = frozenset({"absorbing"})
 
-    def __init__(self, tokens_per_step: int = 1):
-        self.tokens_per_step = int(tokens_per_step)
-        self.parameterization = ddkit.build("parameterization", "mean")
+    def __init__(self, tokens_per_step: Annotated[int, Field(ge=1)] = 1, **token_params):
+        super().__init__(**token_params)  # temperature, top_k, top_p, parameterization
+        self.tokens_per_step = tokens_per_step
 
-    @torch.no_grad()
-    def sample(self, denoiser, process, *, num_samples=None, length=None, prompt=None,
-               generator=None, device=None, record_trajectory=False):
-        self.check_process(process)
-        x, fixed = self.initial_state(process, num_samples=num_samples, length=length,
-                                      prompt=prompt, generator=generator, device=device)
-        calls = ddkit.DenoiserCalls(denoiser, process, self.parameterization)
-        trajectory = [x.clone()] if record_trajectory else None
-        steps = 0
-        while True:
-            masked = (x == process.mask_id) & ~fixed
-            if not bool(masked.any()):
-                break
-            # the fraction still masked plays the role of t for a time-conditioned denoiser
-            t = masked.sum(-1).to(torch.float64) / x.shape[1]
-            tokens = sample_categorical(calls(x, t).exp(), generator=generator)
-            scores = torch.rand(x.shape, generator=generator, device=x.device).masked_fill(~masked, -1.0)
-            k = min(self.tokens_per_step, x.shape[1])
-            chosen = torch.zeros_like(masked).scatter(-1, scores.topk(k, dim=-1).indices, True) & masked
-            x = torch.where(chosen, tokens, x)
-            steps += 1
-            if trajectory is not None:
-                trajectory.append(x.clone())
-        return ddkit.SampleResult(tokens=x, nfe=calls.nfe, steps=steps, trajectory=trajectory,
-                                  fixed=fixed)
-
-
-class AnyOrderParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    tokens_per_step: int = Field(1, ge=1)
+    def step(self, state):
+        x, masked = state.x, state.free_masked()
+        state.t = masked.sum(-1).to(torch.float64) / x.shape[1]
+        logits = filter_logits(state.calls.log_mean(x, state.t), temperature=self.temperature,
+                               top_k=self.top_k, top_p=self.top_p)
+        tokens = sample_categorical(logits.softmax(-1), generator=state.generator)
+        scores = torch.rand(x.shape, generator=state.generator, device=x.device).masked_fill(~masked, -1.0)
+        chosen = scores.topk(min(self.tokens_per_step, x.shape[1]), dim=-1).indices
+        commit = torch.zeros_like(masked).scatter(-1, chosen, True) & masked
+        state.x = torch.where(commit, tokens, x)
 
 
 @ddkit.hookimpl
 def register_schedules(register):
-    register("exponential", ExponentialSchedule, params=ExponentialParams,
+    register("exponential", ExponentialSchedule,
              summary="alpha(t) = (exp(-r t) - exp(-r)) / (1 - exp(-r))")
 
 
 @ddkit.hookimpl
 def register_samplers(register):
-    register("any_order", AnyOrderSampler, params=AnyOrderParams,
+    register("any_order", AnyOrderSampler,
              summary="unmask k random masked positions per denoiser call")
