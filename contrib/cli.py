@@ -24,7 +24,8 @@ from .pipeline import Pipeline
 
 
 def _friendly(command):
-    """Turn ddkit's own errors into a clean message and exit status 1 (2 for config errors)."""
+    """Turn ddkit's own errors into a clean message and exit status 1 (2 for config errors,
+    3 for numerical failures such as NaN logits or a denoiser output of the wrong shape)."""
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
@@ -32,6 +33,9 @@ def _friendly(command):
         except ConfigError as exc:
             click.echo(f"Error: {exc}", err=True)
             sys.exit(2)
+        except ddkit.NumericalError as exc:
+            click.echo(f"Error: numerical failure: {exc}", err=True)
+            sys.exit(3)
         except ddkit.DDKitError as exc:
             click.echo(f"Error: {exc}", err=True)
             sys.exit(1)

@@ -72,7 +72,8 @@ def estimate_elbo(denoiser: ddkit.Denoiser, loss: ddkit.Loss, sequences: Tensor,
                   batch_size: int = 64, generator: torch.Generator | None = None,
                   device: torch.device | str | None = None) -> ELBOEstimate:
     """NELBO per token of ``sequences`` (``[M, N]``) with ``time_samples`` draws per
-    sequence; ``batch_size`` rows (sequence copies) per denoiser call."""
+    sequence; ``batch_size`` rows (sequence copies) per denoiser call. A non-finite estimate
+    raises :class:`ddkit.NumericalError`."""
     if sequences.dim() != 2 or sequences.shape[0] == 0:
         raise ValueError(f"need a non-empty [M, N] tensor of sequences, got shape {tuple(sequences.shape)}")
     if time_samples < 1:
@@ -89,6 +90,11 @@ def estimate_elbo(denoiser: ddkit.Denoiser, loss: ddkit.Loss, sequences: Tensor,
         batch_sums.append(float(estimates.sum()))
         batch_sizes.append(G)
     values = torch.cat(per_sequence)
+    bad = int((~torch.isfinite(values)).sum())
+    if bad:
+        first = float(values[~torch.isfinite(values)][0])
+        raise ddkit.NumericalError(f"the ELBO estimate is NaN or infinite for {bad} of {M} sequences (first: "
+                                   f"{first}): the model's output or the loss is not finite")
     mean = float(values.mean())
     if len(batch_sums) >= 2:
         sums, sizes = torch.tensor(batch_sums, dtype=torch.float64), torch.tensor(batch_sizes, dtype=torch.float64)

@@ -156,6 +156,12 @@ class Pipeline:
                 f"{parameterization.time_conditioning}; set both to the same value")
         return problems
 
+    def parameterization_for(self, sampler: ddkit.Sampler) -> ddkit.Parameterization | None:
+        """The pipeline's parameterization if ``sampler.sample`` takes it as ``parameterization=``
+        (samplers on the current protocol do), else ``None``."""
+        takes = isinstance(sampler, ddkit.Sampler) and sampler.takes_parameterization()
+        return self.parameterization if takes else None
+
     def resolved_config(self) -> dict[str, Any]:
         """The config with every default and every pipeline-provided value written in."""
         return copy.deepcopy(self.config.model_dump(mode="json"))

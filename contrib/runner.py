@@ -169,7 +169,10 @@ def sample_pipeline(pipeline: Pipeline, *, sampler: ddkit.Sampler | None = None,
         samples = draw_samples(AutocastDenoiser(model, pipeline), pipeline.process, sampler, pipeline.tokenizer,
                                num_samples=num_samples or cfg.num_samples, length=length, prompt=prompt,
                                infill=infill, blank=blank or cfg.blank, seed=cfg.seed if seed is None else seed,
-                               show=cfg.show if show is None else show, device=pipeline.device)
+                               show=cfg.show if show is None else show, device=pipeline.device,
+                               parameterization=pipeline.parameterization_for(sampler))
+    except ddkit.NumericalError:
+        raise  # the model's output, not the sampling options
     except ValueError as exc:
         raise ConfigError(f"sample: {exc}") from None
     samples.info["sampler"] = sampler_spec or pipeline.config.sampler

@@ -106,17 +106,21 @@ class Samples:
 def draw_samples(denoiser: ddkit.Denoiser, process: ddkit.Process, sampler: ddkit.Sampler, tokenizer: Tokenizer,
                  *, num_samples: int, length: int | None, prompt: str | None = None, infill: str | None = None,
                  blank: str = "_", seed: int = 0, show: bool = False,
-                 device: torch.device | str = "cpu") -> Samples:
-    """Sample, decode, time it, and (with ``show``) render the first sample's trajectory."""
+                 device: torch.device | str = "cpu",
+                 parameterization: ddkit.Parameterization | None = None) -> Samples:
+    """Sample, decode, time it, and (with ``show``) render the first sample's trajectory.
+    ``parameterization`` is passed to ``sampler.sample`` when given (a sampler on the current
+    protocol accepts it)."""
     prompt_ids, length = build_prompt(tokenizer, num_samples, length, prompt=prompt, infill=infill, blank=blank)
     device = torch.device(device)
     generator = torch.Generator(device=device).manual_seed(seed)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
+    extra = {} if parameterization is None else {"parameterization": parameterization}
     result = sampler.sample(denoiser, process, num_samples=num_samples, length=length,
                             prompt=None if prompt_ids is None else prompt_ids.to(device),
-                            generator=generator, device=device, record_trajectory=show)
+                            generator=generator, device=device, record_trajectory=show, **extra)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start

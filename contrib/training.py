@@ -33,7 +33,7 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
-from ddkit import DDKitError
+from ddkit import DDKitError, NumericalError
 from ddkit.config import TrainConfig, to_yaml
 
 from .checkpoint import (CHECKPOINT_NAME, CheckpointError, atomic_write_text, load_checkpoint, optimizer_state,
@@ -45,7 +45,7 @@ from .pipeline import Pipeline
 FROZEN_SECTIONS = ("seed", "data", "model", "process", "parameterization", "loss")
 
 
-class TrainingDiverged(DDKitError):
+class TrainingDiverged(NumericalError):
     """The loss became NaN or infinite."""
 
 

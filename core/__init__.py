@@ -17,7 +17,9 @@ plugin system; built-in and third-party plugins implement them::
 from .denoiser import Denoiser
 from .errors import (
     DDKitError,
+    DenoiserOutputError,
     DuplicateComponentError,
+    NumericalError,
     ParameterError,
     PluginError,
     PluginValidationError,
@@ -65,11 +67,13 @@ __all__ = [
     "DDKitError",
     "Denoiser",
     "DenoiserCalls",
+    "DenoiserOutputError",
     "DuplicateComponentError",
     "GridSampler",
     "Loss",
     "LossOutput",
     "NoParams",
+    "NumericalError",
     "ParameterError",
     "Parameterization",
     "PluginError",

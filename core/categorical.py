@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .errors import NumericalError
+
 
 #: float64 elements per chunk on CPU / CUDA: at least ..., at most ...; in between an eighth
 #: of the input
@@ -34,9 +36,9 @@ def sample_categorical(probs: Tensor, *, generator: torch.Generator | None = Non
     """Draw one category per row of ``probs`` (``[..., K]``, non-negative, need not sum to 1).
 
     ``uniforms`` (shape ``probs.shape[:-1]``, values in ``[0, 1)``) replaces the generator
-    when a caller needs to control the randomness. Rows summing to zero raise. If ``u`` is
-    within an ulp of 1 the last category whose cumulative sum increases is returned (never a
-    zero-probability one)."""
+    when a caller needs to control the randomness. A row summing to zero or to a non-finite
+    value raises :class:`ddkit.NumericalError`. If ``u`` is within an ulp of 1 the last
+    category whose cumulative sum increases is returned (never a zero-probability one)."""
     if uniforms is None:
         uniforms = torch.rand(probs.shape[:-1], generator=generator, dtype=torch.float64,
                               device=probs.device)
@@ -50,7 +52,7 @@ def sample_categorical(probs: Tensor, *, generator: torch.Generator | None = Non
         cdf = flat[rows].to(torch.float64).cumsum(-1)
         total = cdf[:, -1:]
         if bool((total <= 0).any()) or not bool(torch.isfinite(total).all()):
-            raise ValueError("categorical probabilities must be finite with a positive sum in every row")
+            raise NumericalError("categorical probabilities must be finite with a positive sum in every row")
         index = torch.searchsorted(cdf, u[rows, None] * total, right=True).squeeze(-1)
         overflow = index >= K
         if bool(overflow.any()):

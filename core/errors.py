@@ -27,5 +27,17 @@ class ParameterError(DDKitError, ValueError):
     """A component's parameters failed validation against its parameter model."""
 
 
+class NumericalError(DDKitError, ValueError):
+    """A computation produced values it cannot go on with while sampling, training or
+    evaluating: NaN or infinite logits, probabilities or losses. A fault of the model or of
+    the numbers it was given at run time, not of the configuration (the command line exits
+    with status 3, not 2)."""
+
+
+class DenoiserOutputError(NumericalError):
+    """A denoiser returned an output of the wrong shape. Like a NaN it is found only when the
+    network runs, so it is a :class:`NumericalError` and shares its exit status."""
+
+
 class PluginWarning(UserWarning):
     """A plugin failed to load or register; everything else keeps working."""

@@ -96,7 +96,7 @@ import torch
 from torch import Tensor
 
 from .categorical import group_before
-from .errors import UnknownComponentError
+from .errors import NumericalError, UnknownComponentError
 from .registry import get_registry, unknown_name_message
 
 OPS = ("categorical", "masked_step", "commit_topk", "mask_noise", "uniform_noise")
@@ -258,14 +258,16 @@ def _row_codes(row_max: Tensor) -> Tensor:
 
 
 def check_codes(codes: Tensor) -> None:
-    """Raise :class:`ValueError` if a backend reported a bad row."""
+    """Raise if a backend reported a bad row: :class:`ddkit.NumericalError` for logits that
+    cannot be sampled (NaN, +inf, all -inf: the model's output), :class:`ValueError` for a
+    caller's bad uniforms."""
     if codes.numel() == 0:
         return
     worst = codes.min().item()
     if worst == NAN_OR_POSINF_LOGIT:
-        raise ValueError("logits contain NaN or +inf (after the temperature) in a sampled row")
+        raise NumericalError("logits contain NaN or +inf (after the temperature) in a sampled row")
     if worst == NO_FINITE_LOGIT:
-        raise ValueError("a sampled row of logits has no finite entry (all -inf)")
+        raise NumericalError("a sampled row of logits has no finite entry (all -inf)")
     if worst == BAD_UNIFORM:
         raise ValueError("uniforms must lie in [0, 1)")
     if worst < 0:
@@ -459,7 +461,7 @@ def commit_topk(scores: Tensor, eligible: Tensor, k: Tensor | int, *, backend: s
         raise ValueError("scores must be [B, N] and eligible a BoolTensor of the same shape")
     s = scores.detach().to(torch.float64).contiguous()
     if bool(torch.isnan(s).logical_and_(eligible).any()):  # no boolean indexing: it gathers
-        raise ValueError("scores of eligible positions must not be NaN")
+        raise NumericalError("scores of eligible positions must not be NaN")
     k = torch.as_tensor(k, dtype=torch.long, device=s.device).expand(s.shape[0]).contiguous()
     if bool((k < 0).any()):
         raise ValueError("k must be >= 0")

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from .denoiser import Denoiser
+from .errors import DenoiserOutputError
 from .process import Process
 
 
@@ -37,7 +38,7 @@ class Parameterization:
             t = torch.zeros_like(t)
         out = denoiser(x_t, t)
         if out.shape[:2] != x_t.shape or out.shape[-1] < V:
-            raise ValueError(f"denoiser returned {what} of shape {tuple(out.shape)}; expected "
+            raise DenoiserOutputError(f"denoiser returned {what} of shape {tuple(out.shape)}; expected "
                              f"[{x_t.shape[0]}, {x_t.shape[1]}, {V}] ({meaning})")
         return out[..., :V]
 

@@ -83,6 +83,24 @@ def test_eval_command(run_dir, tmp_path):
     assert data["checkpoint_step"] == 4 and data["continuous"]["standard_error"] > 0
 
 
+def _nan_network(monkeypatch):
+    """Every DiT output becomes NaN (still attached to the graph, so training reaches its check)."""
+    from ddkit.contrib.models.dit import DiT
+
+    forward = DiT.forward
+    monkeypatch.setattr(DiT, "forward", lambda self, x_t, t: forward(self, x_t, t) * float("nan"))
+
+
+def test_numerical_failures_exit_with_their_own_status(run_dir, tmp_path, monkeypatch):
+    _nan_network(monkeypatch)
+    result = invoke("sample", "--run", run_dir, "-n", 1, "--no-show", "--out", tmp_path / "s.txt")
+    assert result.exit_code == 3, result.output
+    assert "Error: numerical failure: logits contain NaN" in result.output
+    assert "invalid configuration" not in result.output
+    result = invoke("train", QUICKSTART, *TINY, "--out", tmp_path / "run")
+    assert result.exit_code == 3 and "numerical failure: the loss is nan at step" in result.output
+
+
 def test_train_resume_extends_a_run(run_dir, tmp_path):
     import shutil
 
