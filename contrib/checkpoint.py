@@ -8,13 +8,18 @@ pipeline config and the optimizer's parameter groups.
 
 Saving is atomic: the file is written under a temporary name in the same directory, flushed
 to disk, then moved over the old checkpoint with :func:`os.replace`; an interrupted save
-leaves the previous checkpoint intact.
+leaves the previous checkpoint intact. A process killed during a save leaves its temporary
+behind (as large as the checkpoint); temporaries are named ``.<name>.<pid>-<random>.ddkit-tmp``
+so that :func:`temporaries` finds exactly those of one file, and training removes its own
+when it starts.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +33,8 @@ from ddkit import DDKitError
 
 FORMAT = "ddkit-checkpoint/1"
 CHECKPOINT_NAME = "checkpoint.safetensors"
+#: the suffix of every temporary file written by :func:`atomic_write_bytes` and :func:`save_checkpoint`
+TEMPORARY_SUFFIX = ".ddkit-tmp"
 
 
 class CheckpointError(DDKitError):
@@ -68,15 +75,31 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def temporary_path(path: Path) -> Path:
+    """A new temporary name beside ``path``, unique per call: ``.<name>.<pid>-<random>.ddkit-tmp``."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}{TEMPORARY_SUFFIX}")
+
+
+def temporaries(path: Path) -> list[Path]:
+    """The temporary files of ``path`` in its directory (see :func:`temporary_path`): saves in
+    progress, or left behind by a process that was killed while saving."""
+    path = Path(path)
+    return sorted(path.parent.glob(f".{glob.escape(path.name)}.*{TEMPORARY_SUFFIX}"))
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temporary file, fsync, :func:`os.replace`)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp = temporary_path(path)
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     _fsync_dir(path.parent)
 
 
@@ -133,7 +156,7 @@ def save_checkpoint(path: Path, *, step: int, config: dict[str, Any], model: tor
     for key, value in (rng or {}).items():
         tensors[f"rng.{key}"] = value.detach().cpu().contiguous().clone()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temporary_path(path)
     try:
         save_file(tensors, str(tmp), metadata={"ddkit": json.dumps(meta)})
         with open(tmp, "rb+") as f:

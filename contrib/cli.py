@@ -21,15 +21,20 @@ from ddkit.config import ConfigError, load_pipeline, pipeline_json_schema
 
 from .checkpoint import CHECKPOINT_NAME, atomic_write_text, load_checkpoint
 from .pipeline import Pipeline
+from .training import TrainingInterrupted
 
 
 def _friendly(command):
     """Turn ddkit's own errors into a clean message and exit status 1 (2 for config errors,
-    3 for numerical failures such as NaN logits or a denoiser output of the wrong shape)."""
+    3 for numerical failures such as NaN logits or a denoiser output of the wrong shape;
+    128 + the signal number when training stopped on SIGTERM or SIGINT after a checkpoint)."""
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
+        except TrainingInterrupted as exc:
+            click.echo(str(exc), err=True)
+            sys.exit(128 + exc.signal_number)
         except ConfigError as exc:
             click.echo(f"Error: {exc}", err=True)
             sys.exit(2)

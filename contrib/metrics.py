@@ -7,29 +7,66 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import atomic_write_text
+from ddkit import DDKitError
+
+from .checkpoint import atomic_write_text, temporary_path
+
+
+class MetricsError(DDKitError):
+    """A metrics file holds a line that is not a JSON object."""
 
 
 class MetricsLog:
-    """Append-only ``metrics.jsonl``: one JSON object per line, each with ``step`` and ``split``."""
+    """Append-only ``metrics.jsonl``: one JSON object per line, each with ``step`` and ``split``.
+
+    A process killed while appending can leave the last line cut short; that line (the last
+    one, without its newline) is dropped when the file is read, and by :meth:`truncate_after`
+    on resume. Any other line that does not hold a JSON object is an error."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
 
     def write(self, record: dict[str, Any]) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(record, allow_nan=False) + "\n")
 
     def read(self) -> list[dict[str, Any]]:
         if not self.path.is_file():
             return []
-        return [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        text = self.path.read_text(encoding="utf-8")
+        lines = text.split("\n")
+        torn = lines.pop()  # "" after a final newline; else a line cut short by a kill
+        records = []
+        for number, line in enumerate(lines, start=1):
+            if line.strip():
+                records.append(self._parse(line, number))
+        if torn.strip():
+            try:
+                records.append(self._parse(torn, len(lines) + 1))
+            except MetricsError:
+                pass
+        return records
+
+    def _parse(self, line: str, number: int) -> dict[str, Any]:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise MetricsError(f"{self.path}, line {number}: not valid JSON ({exc.msg}: {line[:60]!r}); "
+                               f"fix or delete that line (only a cut-off last line is dropped by itself)") from None
+        if not isinstance(record, dict):
+            raise MetricsError(f"{self.path}, line {number}: expected a JSON object, got {line[:60]!r}")
+        return record
+
+    def record(self, step: int, split: str) -> dict[str, Any] | None:
+        """The last record of ``split`` at ``step``, if there is one."""
+        found = [r for r in self.read() if r.get("step") == step and r.get("split") == split]
+        return found[-1] if found else None
 
     def truncate_after(self, step: int) -> None:
-        """Drop records after ``step`` (a resumed run repeats them)."""
+        """Drop records after ``step`` (a resumed run repeats them) and a cut-off last line."""
         if self.path.is_file():
             kept = [r for r in self.read() if r.get("step", 0) <= step]
-            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+            atomic_write_text(self.path, "".join(json.dumps(r, allow_nan=False) + "\n" for r in kept))
 
 
 def plot_metrics(records: list[dict[str, Any]], path: Path, *, title: str = "") -> Path:
@@ -62,8 +99,11 @@ def plot_metrics(records: list[dict[str, Any]], path: Path, *, title: str = "") 
     ax_lr.set_xlabel("step")
     ax_lr.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    tmp = temporary_path(Path(path))
+    try:
+        fig.savefig(tmp, dpi=110, format="png")
+        tmp.replace(path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
     return Path(path)

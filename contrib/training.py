@@ -15,16 +15,23 @@ Per optimizer step :math:`k = 1, \dots, K`:
   initialisation); the EMA weights are used for validation, evaluation and sampling.
 
 A non-finite loss stops training with :class:`TrainingDiverged` naming the step (nothing is
-saved, so the last good checkpoint stays). Ctrl-C saves a checkpoint at the last completed
-step. Random state (window sampling, loss noise, the global torch generator used by
-dropout) is saved with every checkpoint, so a resumed run on CPU repeats the uninterrupted
-run's losses exactly.
+saved, so the last good checkpoint stays). Checkpoints are written every
+``train.checkpoint_every`` steps, whenever ``train.checkpoint_interval_s`` seconds have
+passed since the last one, and at the end. SIGTERM or SIGINT (Ctrl-C) during :meth:`Trainer.fit`
+lets the current step finish, writes a checkpoint and raises :class:`TrainingInterrupted`; a
+second signal acts at once (SIGTERM ends the process, SIGINT raises ``KeyboardInterrupt``,
+which saves the last completed step). Random state (window sampling, loss noise, the global
+torch generator used by dropout) is saved with every checkpoint, so a resumed run on CPU
+repeats the uninterrupted run's losses exactly.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +44,7 @@ from ddkit import DDKitError, NumericalError
 from ddkit.config import TrainConfig, to_yaml
 
 from .checkpoint import (CHECKPOINT_NAME, CheckpointError, atomic_write_text, load_checkpoint, optimizer_state,
-                         save_checkpoint)
+                         save_checkpoint, temporaries)
 from .metrics import MetricsLog, plot_metrics
 from .pipeline import Pipeline
 
@@ -45,8 +52,52 @@ from .pipeline import Pipeline
 FROZEN_SECTIONS = ("seed", "data", "model", "process", "parameterization", "loss")
 
 
+#: the files a trainer writes into its run directory
+RUN_FILES = ("config.yaml", "metrics.jsonl", "training_curve.png", CHECKPOINT_NAME)
+#: the signals that stop training after the current step, with a checkpoint
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 class TrainingDiverged(NumericalError):
     """The loss became NaN or infinite."""
+
+
+class TrainingInterrupted(DDKitError):
+    """Training stopped on SIGTERM or SIGINT after a checkpoint was written. The command line
+    exits with status ``128 + signal_number`` (143 for SIGTERM, 130 for SIGINT)."""
+
+    def __init__(self, message: str, signal_number: int):
+        super().__init__(message)
+        self.signal_number = signal_number
+
+
+class StopSignals:
+    """While active (a ``with`` block in the main thread), SIGTERM and SIGINT only set
+    :attr:`received`; the training loop checks it after every step. The first signal puts
+    the default actions back, so a second one acts at once. Outside the main thread, where
+    Python cannot install handlers, signals keep their default actions."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for number in STOP_SIGNALS:
+                self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def _handle(self, number: int, frame) -> None:
+        self.received = number
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        print(f"\n{signal.Signals(number).name}: finishing the current step and writing a checkpoint "
+              f"(send the signal again to stop at once)", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc) -> None:
+        for number, previous in self._previous.items():
+            signal.signal(number, signal.SIG_DFL if previous is None else previous)  # None: set outside Python
+        self._previous.clear()
 
 
 def learning_rate(step: int, cfg: TrainConfig) -> float:
@@ -203,11 +254,11 @@ class Trainer:
         nats = total / chunks.numel()
         return {"loss": nats, "bits_per_token": nats / math.log(2)}
 
-    def _check_finite(self, value: float, step: int) -> None:
+    def _check_finite(self, value: float, step: int, what: str = "loss") -> None:
         if not math.isfinite(value):
             where = (f"the last good checkpoint is {self.checkpoint_path} (step {self.last_checkpoint_step})"
                      if self.last_checkpoint_step is not None else "no checkpoint was written before it")
-            raise TrainingDiverged(f"the loss is {value} at step {step}; training stopped and {where}. "
+            raise TrainingDiverged(f"the {what} is {value} at step {step}; training stopped and {where}. "
                                    f"Try a lower train.lr, more train.warmup_steps or train.grad_clip.")
 
     def fit(self, stop_at: int | None = None) -> TrainResult:
@@ -218,6 +269,7 @@ class Trainer:
         anything is saved, and a non-finite one is reported with its own step.
         ``on_step(step)`` is called after each optimizer step."""
         cfg, pipeline = self.cfg, self.pipeline
+        self.remove_stale_temporaries()
         atomic_write_text(self.run_dir / "config.yaml", to_yaml(pipeline.resolved_config()))
         last = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
         train = pipeline.data["train"]
@@ -242,75 +294,108 @@ class Trainer:
 
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not self.progress, desc="train",
                    unit="step", dynamic_ncols=True, mininterval=0.5)
-        interval_start = start = time.perf_counter()
+        interval_start = start = last_save = time.perf_counter()
         step_start_rng, in_step = None, False
-        try:
-            while self.step < last:
-                step = self.step + 1
-                step_start_rng, in_step = self.rng_state(), True
-                lr = learning_rate(step, cfg)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
-                step_loss = None
-                for _ in range(cfg.grad_accum):
-                    x0 = train.windows(cfg.batch_size, seq_len, self.data_generator).to(device, non_blocking=True)
-                    with pipeline.autocast():
-                        out = pipeline.loss(self.denoiser, x0, generator=self.loss_generator)
-                    loss = out.loss if cfg.grad_accum == 1 else out.loss / cfg.grad_accum
-                    loss.backward()
-                    step_loss = loss.detach() if step_loss is None else step_loss + loss.detach()
-                grad_norm = (torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
-                             if cfg.grad_clip is not None else None)
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                if self.ema is not None:
-                    self.ema.update(self.model)
-                self.step, in_step = step, False
-                pending.append(step_loss)
-                bar.update(1)
-                if self.on_step is not None:
-                    self.on_step(step)
-                if step % cfg.log_every == 0 or step == last:
-                    sync()
-                    now = time.perf_counter()
-                    mean = sum(interval) / len(interval)
-                    speed = len(interval) * tokens_per_step / max(now - interval_start, 1e-9)
-                    record = {"step": step, "split": "train", "loss": mean, "bits_per_token": mean / math.log(2),
-                              "lr": lr, "tokens_per_s": speed, "elapsed_s": now - start}
-                    if grad_norm is not None:
-                        record["grad_norm"] = float(grad_norm)
-                    self.metrics.write(record)
-                    bar.set_postfix(loss=f"{mean:.3f}", bpt=f"{mean / math.log(2):.3f}",
-                                    tok_s=f"{speed:,.0f}", refresh=False)
-                    interval.clear()
-                    interval_start = now
-                if cfg.eval_every and step % cfg.eval_every == 0 and step != last:
-                    sync()
-                    self._log_validation(step)
-                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step != last:
-                    sync()
-                    self.save()
-        except KeyboardInterrupt:
-            bar.close()
+        with StopSignals() as stop:
+            try:
+                while self.step < last and stop.received is None:
+                    step = self.step + 1
+                    step_start_rng, in_step = self.rng_state(), True
+                    lr = learning_rate(step, cfg)
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = lr
+                    step_loss = None
+                    for _ in range(cfg.grad_accum):
+                        x0 = train.windows(cfg.batch_size, seq_len, self.data_generator).to(device, non_blocking=True)
+                        with pipeline.autocast():
+                            out = pipeline.loss(self.denoiser, x0, generator=self.loss_generator)
+                        loss = out.loss if cfg.grad_accum == 1 else out.loss / cfg.grad_accum
+                        loss.backward()
+                        step_loss = loss.detach() if step_loss is None else step_loss + loss.detach()
+                    grad_norm = (torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+                                 if cfg.grad_clip is not None else None)
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                    if self.ema is not None:
+                        self.ema.update(self.model)
+                    self.step, in_step = step, False
+                    pending.append(step_loss)
+                    bar.update(1)
+                    if self.on_step is not None:
+                        self.on_step(step)
+                    if step % cfg.log_every == 0 or step == last:
+                        sync()
+                        now = time.perf_counter()
+                        mean = sum(interval) / len(interval)
+                        speed = len(interval) * tokens_per_step / max(now - interval_start, 1e-9)
+                        record = {"step": step, "split": "train", "loss": mean, "bits_per_token": mean / math.log(2),
+                                  "lr": lr, "tokens_per_s": speed, "elapsed_s": now - start}
+                        if grad_norm is not None:
+                            record["grad_norm"] = float(grad_norm)
+                            self._check_finite(record["grad_norm"], step, "gradient norm")
+                        self.metrics.write(record)
+                        bar.set_postfix(loss=f"{mean:.3f}", bpt=f"{mean / math.log(2):.3f}",
+                                        tok_s=f"{speed:,.0f}", refresh=False)
+                        interval.clear()
+                        interval_start = now
+                    if cfg.eval_every and step % cfg.eval_every == 0 and step != last:
+                        sync()
+                        self._log_validation(step)
+                    due = ((cfg.checkpoint_every and step % cfg.checkpoint_every == 0)
+                           or (cfg.checkpoint_interval_s and time.perf_counter() - last_save >= cfg.checkpoint_interval_s))
+                    if due and step != last:
+                        sync()
+                        self.save()
+                        last_save = time.perf_counter()
+            except KeyboardInterrupt:
+                bar.close()
+                sync()
+                if self.step > (self.last_checkpoint_step or 0):
+                    # an unfinished step is repeated on resume, with the random state it started from
+                    self.save(rng=step_start_rng if in_step else None)
+                raise
+            finally:
+                bar.close()
             sync()
-            if self.step > (self.last_checkpoint_step or 0):
-                # an unfinished step is repeated on resume, with the random state it started from
-                self.save(rng=step_start_rng if in_step else None)
-            raise
-        finally:
-            bar.close()
-        sync()
-        result.seconds = time.perf_counter() - start
-        result.tokens_per_second = len(result.losses) * tokens_per_step / max(result.seconds, 1e-9)
-        result.validation = self._log_validation(self.step)
-        result.checkpoint = self.save()
+            if self.step < last:  # stopped by a signal
+                if self.step > (self.last_checkpoint_step or 0):
+                    self.save()
+                raise self._interrupted(stop.received, finished=False)
+            result.seconds = time.perf_counter() - start
+            result.tokens_per_second = len(result.losses) * tokens_per_step / max(result.seconds, 1e-9)
+            result.validation = self._log_validation(self.step)
+            result.checkpoint = self.save()
+        if stop.received is not None:
+            raise self._interrupted(stop.received, finished=True)
         result.step = self.step
         plot_metrics(self.metrics.read(), self.run_dir / "training_curve.png",
                      title=f"{pipeline.config.name}: {type(self.model).__name__} on {pipeline.config.data.dataset['name']}")
         return result
 
+    def _interrupted(self, number: int, *, finished: bool) -> TrainingInterrupted:
+        name = signal.Signals(number).name
+        state = "training had finished" if finished else "stopped"
+        return TrainingInterrupted(f"{name}: {state} at step {self.step} of {self.cfg.steps}; the checkpoint "
+                                   f"{self.checkpoint_path} holds step {self.last_checkpoint_step} "
+                                   f"(continue with --resume)", number)
+
+    def remove_stale_temporaries(self) -> list[Path]:
+        """Delete the temporary files of this run's own files (:data:`RUN_FILES`), left by a
+        process killed while saving; one run directory has one trainer at a time, so none of
+        them is a save in progress. Returns the paths removed."""
+        stale = [tmp for name in RUN_FILES for tmp in temporaries(self.run_dir / name)]
+        for tmp in stale:
+            tmp.unlink(missing_ok=True)
+        return stale
+
     def _log_validation(self, step: int) -> dict[str, float]:
+        """Validate and log at ``step``, unless the log already holds that step's validation
+        (a finished run that is resumed): the value is the same, and is not written twice."""
+        logged = self.metrics.record(step, "validation")
+        if logged is not None:
+            return {key: value for key, value in logged.items() if key not in ("step", "split")}
         values = self.validate()
+        self._check_finite(values["loss"], step, "validation loss")
         self.metrics.write({"step": step, "split": "validation", **values})
         return values
 

@@ -1,15 +1,22 @@
-"""The training loop: exact resume on CPU, NaN detection, Ctrl-C, the learning-rate
-schedule, the EMA and gradient accumulation."""
+"""The training loop: exact resume on CPU, NaN detection, Ctrl-C, SIGTERM, periodic
+checkpoints, damaged metrics files and stale temporaries, the learning-rate schedule, the
+EMA and gradient accumulation."""
 
+import json
 import math
+import os
+import signal
 
 import pytest
 import torch
+import yaml
+from pipeline_helpers import ROOT, invoke
 
 from ddkit.config import ConfigError, load_pipeline
-from ddkit.contrib.checkpoint import load_checkpoint
+from ddkit.contrib.checkpoint import atomic_write_bytes, load_checkpoint, temporaries, temporary_path
+from ddkit.contrib.metrics import MetricsError
 from ddkit.contrib.pipeline import Pipeline
-from ddkit.contrib.training import EMA, Trainer, TrainingDiverged, learning_rate
+from ddkit.contrib.training import EMA, Trainer, TrainingDiverged, TrainingInterrupted, learning_rate
 
 CONFIG = {
     "name": "train",
@@ -184,3 +191,161 @@ def test_errors_before_training():
         Pipeline.build(load_pipeline({**CONFIG, "data": {"dataset": {"name": "textfile", "path": __file__},
                                                           "seq_len": 100000}}, ["model.max_seq_len=100000"]))
     assert math.isfinite(build().vocab_size)
+
+
+def test_sigterm_finishes_the_step_saves_and_resume_repeats_the_run(tmp_path):
+    full = Trainer(build(), tmp_path / "full").fit()
+
+    def terminate(step):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # handled between bytecodes, during this step
+
+    trainer = Trainer(build(), tmp_path / "run", on_step=terminate)
+    with pytest.raises(TrainingInterrupted, match=r"SIGTERM: stopped at step 3 of 6; .* holds step 3") as info:
+        trainer.fit()
+    assert info.value.signal_number == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone after fit
+    assert load_checkpoint(tmp_path / "run").step == 3
+    resumed = Trainer(build(), tmp_path / "run")
+    resumed.resume()
+    assert resumed.fit().losses == full.losses[3:]
+
+
+def test_sigint_stops_after_the_step_instead_of_inside_it(tmp_path):
+    calls = []
+
+    def interrupt(step):
+        calls.append(step)
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    trainer = Trainer(build(), tmp_path / "run", on_step=interrupt)
+    with pytest.raises(TrainingInterrupted, match="SIGINT") as info:
+        trainer.fit()
+    assert info.value.signal_number == signal.SIGINT and calls == [1, 2]
+    assert load_checkpoint(tmp_path / "run").step == 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_second_sigint_aborts_the_step_at_once(tmp_path):
+    def twice(step):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)  # the default handler is back: KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(build(), tmp_path / "run", on_step=twice).fit()
+    assert load_checkpoint(tmp_path / "run").step == 2
+
+
+def test_the_cli_exits_with_128_plus_the_signal_number(tmp_path, monkeypatch):
+    from ddkit.contrib import training
+
+    original = training.Trainer.__init__
+
+    def with_hook(self, *args, **kwargs):
+        kwargs["on_step"] = lambda step: step == 2 and os.kill(os.getpid(), signal.SIGTERM)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(training.Trainer, "__init__", with_hook)
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump(CONFIG))
+    result = invoke("train", config, "--out", tmp_path / "run")
+    assert result.exit_code == 128 + signal.SIGTERM
+    assert "SIGTERM: stopped at step 2 of 6" in result.output and "--resume" in result.output
+    assert load_checkpoint(tmp_path / "run").step == 2
+
+
+def test_checkpoints_by_time(tmp_path):
+    def saved_steps(interval):
+        trainer = Trainer(build(f"train.checkpoint_interval_s={interval}"), tmp_path / str(interval))
+        saved, original = [], trainer.save
+        trainer.save = lambda *a, **k: (saved.append(trainer.step), original(*a, **k))[1]
+        trainer.fit()
+        return saved
+
+    assert saved_steps(1e-9) == [1, 2, 3, 4, 5, 6]  # the interval is over after every step
+    assert saved_steps(1e9) == [6]
+
+
+def test_every_shipped_pipeline_checkpoints_periodically():
+    for path in sorted((ROOT / "pipelines").glob("*.yaml")):
+        train = load_pipeline(path, ["data.dataset.path=."] if path.stem == "text8" else []).train
+        assert train.checkpoint_every is not None and train.checkpoint_every < train.steps, path.name
+        assert train.checkpoint_interval_s is not None, path.name
+
+
+def test_resume_survives_a_cut_off_last_metrics_line(tmp_path):
+    full = Trainer(build(), tmp_path / "full").fit()
+    Trainer(build(), tmp_path / "run").fit(stop_at=3)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    with open(metrics, "a") as f:
+        f.write('{"step": 4, "split": "tra')  # a kill while appending
+    resumed = Trainer(build(), tmp_path / "run")
+    assert resumed.resume() == 3
+    assert resumed.fit().losses == full.losses[3:]
+    assert [r["step"] for r in resumed.metrics.read() if r["split"] == "train"] == [1, 2, 3, 4, 5, 6]
+    json_lines = metrics.read_text().splitlines()
+    assert all(json.loads(line) for line in json_lines)
+
+
+def test_a_corrupt_metrics_line_before_the_last_is_an_error(tmp_path):
+    Trainer(build(), tmp_path / "run").fit(stop_at=3)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    lines = metrics.read_text().splitlines(keepends=True)
+    lines[1] = '{"step": 2, "split"\n'
+    metrics.write_text("".join(lines))
+    with pytest.raises(MetricsError, match=r"metrics.jsonl, line 2: not valid JSON .*fix or delete that line"):
+        Trainer(build(), tmp_path / "run").resume()
+    lines[1] = "[2]\n"
+    metrics.write_text("".join(lines))
+    with pytest.raises(MetricsError, match=r"line 2: expected a JSON object, got '\[2\]'"):
+        Trainer(build(), tmp_path / "run").resume()
+
+
+def test_resuming_a_finished_run_adds_no_records(tmp_path):
+    Trainer(build(), tmp_path / "run").fit()
+    before = (tmp_path / "run" / "metrics.jsonl").read_text()
+    again = Trainer(build(), tmp_path / "run")
+    again.resume()
+    result = again.fit()
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == before
+    validation = [r for r in again.metrics.read() if r["split"] == "validation"]
+    assert [r["step"] for r in validation] == [2, 4, 6]
+    assert result.validation["loss"] == validation[-1]["loss"]
+
+
+def test_stale_temporaries_of_the_run_are_removed_when_training_starts(tmp_path):
+    run = tmp_path / "run"
+    Trainer(build(), run).fit(stop_at=2)
+    checkpoint = run / "checkpoint.safetensors"
+    # what a kill inside a save leaves: a full-size temporary under the save's own name
+    stale = temporary_path(checkpoint)
+    stale.write_bytes(checkpoint.read_bytes())
+    stale_metrics = temporary_path(run / "metrics.jsonl")
+    stale_metrics.write_text("{}")
+    unrelated = [run / ".checkpoint.safetensors.notes", run / "my.ddkit-tmp", run / "checkpoint.safetensors.bak"]
+    for path in unrelated:
+        path.write_text("keep")
+    assert temporaries(checkpoint) == [stale]
+    resumed = Trainer(build(), run)
+    resumed.resume()
+    resumed.fit()
+    assert not stale.exists() and not stale_metrics.exists()
+    assert all(path.read_text() == "keep" for path in unrelated)
+    assert all(not temporaries(run / name) for name in ("checkpoint.safetensors", "metrics.jsonl", "config.yaml",
+                                                        "training_curve.png"))
+
+
+def test_atomic_write_leaves_no_temporary_when_it_fails(tmp_path):
+    with pytest.raises(TypeError):
+        atomic_write_bytes(tmp_path / "out.json", "not bytes")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_non_finite_validation_loss_stops_training(tmp_path):
+    trainer = Trainer(build("train.eval_every=null"), tmp_path / "run")
+    trainer.validate = lambda: {"loss": float("nan"), "bits_per_token": float("nan")}
+    with pytest.raises(TrainingDiverged, match="the validation loss is nan at step 6"):
+        trainer.fit()
+    assert all(json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
