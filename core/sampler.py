@@ -298,8 +298,13 @@ class Sampler:
         """Per-run set-up before the first step."""
 
     def finished(self, state: SamplerState) -> bool:
-        """Whether to stop; by default once no free masked position remains."""
-        return not bool(state.free_masked().any())
+        """Whether to stop; by default once no masked position remains (fixed positions
+        hold clean tokens, so these are the free masked ones). A sampler for processes
+        without a mask implements its own."""
+        if state.process.mask_id is None:
+            raise NotImplementedError(f"{type(self).__name__} must implement finished() for a process "
+                                      f"without a mask ({type(state.process).__name__})")
+        return not bool((state.x == state.process.mask_id).any())
 
     def step(self, state: SamplerState) -> None:
         """One step: update ``state.x`` and ``state.t``."""
@@ -399,7 +404,7 @@ class GridSampler(TokenSampler):
         if state.step >= self.steps:
             return True
         return (self.corrector is None and "absorbing" in state.process.capabilities
-                and not bool(state.free_masked().any()))
+                and super().finished(state))
 
 
 class TransitionSampler(GridSampler):
