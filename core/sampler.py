@@ -167,7 +167,8 @@ class DenoiserCalls:
 class SamplerState:
     """What a sampler step reads and writes.
 
-    * ``x`` (``[B, N]``): the current tokens; ``fixed``: the prompt's positions, never changed;
+    * ``x`` (``[B, N]``): the current tokens; ``fixed``: positions never changed (the
+      prompt's; a wrapper may also hold masked positions fixed, see ``holds_masks``);
     * ``t``: the current time, ``[B]`` float64 (1 at the start); ``step``: steps taken;
     * ``process``, ``calls`` (:class:`DenoiserCalls`: ``calls.nfe`` is the NFE so far) and
       ``generator``: what a step draws with;
@@ -190,6 +191,12 @@ class SamplerState:
     cache: Any = None
     scratch: dict[str, Any] = field(default_factory=dict)
     trajectory: list[Tensor] | None = None
+
+    def __post_init__(self):
+        mask_id = self.process.mask_id
+        #: whether some fixed positions are masked (held back, e.g. the later blocks of a
+        #: semi-autoregressive sampler): steps must then leave those masks in place
+        self.holds_masks = mask_id is not None and bool(((self.x == mask_id) & self.fixed).any())
 
     @property
     def nfe(self) -> int:
@@ -283,16 +290,22 @@ class Sampler:
             calls=DenoiserCalls(denoiser, process, parameterization, cache=self.cache_outputs),
             trajectory=[x.clone()] if record_trajectory else None)
         with torch.no_grad():
-            self.start(state)
-            while not self.finished(state):
-                self.step(state)
-                state.step += 1
-                corrector = self.corrector
-                if corrector is not None and state.step % corrector.every == 0 and not self.finished(state):
-                    corrector.correct(state)
-                if state.trajectory is not None:
-                    state.trajectory.append(state.x.clone())
+            self.run(state)
         return state.result()
+
+    def run(self, state: SamplerState) -> None:
+        """The walk on a prepared state: :meth:`start`, then :meth:`step` (with the corrector
+        when due) until :meth:`finished`, recording the trajectory. A wrapper (e.g. semi-
+        autoregressive blocks) runs an inner sampler on a state of its own making."""
+        self.start(state)
+        while not self.finished(state):
+            self.step(state)
+            state.step += 1
+            corrector = self.corrector
+            if corrector is not None and state.step % corrector.every == 0 and not self.finished(state):
+                corrector.correct(state)
+            if state.trajectory is not None:
+                state.trajectory.append(state.x.clone())
 
     def start(self, state: SamplerState) -> None:
         """Per-run set-up before the first step."""
