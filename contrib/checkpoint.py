@@ -4,7 +4,15 @@ Tensors (no pickle anywhere): ``model.*`` (weights), ``ema.*`` (EMA weights, use
 evaluation and sampling), ``loss.*`` (learnable loss/schedule parameters, if any),
 ``optimizer.<param index>.<key>`` (optimizer state) and ``rng.*`` (random generator states
 as bytes). The safetensors metadata holds JSON: the format tag, the step, the fully resolved
-pipeline config and the optimizer's parameter groups.
+pipeline config, the optimizer's parameter groups and the SHA-256 of every tensor's bytes.
+
+:func:`load_checkpoint` checks every tensor against its SHA-256, so a file whose bytes changed
+on disk or in transfer is refused with the name of the first damaged tensor instead of giving
+wrong weights. The hashes detect corruption, not tampering: whoever can write the file can
+rewrite them. A checkpoint written before the hashes existed loads with a
+:class:`UnverifiedCheckpointWarning`, and the next save of a resumed run adds them. The config
+in the metadata is resolved: load it with :func:`ddkit.config.load_resolved`, which never
+interpolates it again.
 
 Saving is atomic: the file is written under a temporary name in the same directory, flushed
 to disk, then moved over the old checkpoint with :func:`os.replace`; an interrupted save
@@ -17,9 +25,11 @@ when it starts.
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 import secrets
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +48,17 @@ TEMPORARY_SUFFIX = ".ddkit-tmp"
 
 
 class CheckpointError(DDKitError):
-    """A checkpoint is missing, unreadable or from an incompatible run."""
+    """A checkpoint is missing, unreadable, corrupted or from an incompatible run."""
+
+
+class UnverifiedCheckpointWarning(UserWarning):
+    """A checkpoint has no tensor hashes (written by an older ddkit): its bytes are not checked."""
+
+
+def tensor_sha256(tensor: Tensor) -> str:
+    """The SHA-256 (hex) of a tensor's bytes in memory order, as safetensors stores them."""
+    data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+    return hashlib.sha256(memoryview(data)).hexdigest()
 
 
 @dataclass
@@ -155,6 +175,7 @@ def save_checkpoint(path: Path, *, step: int, config: dict[str, Any], model: tor
         tensors.update({k: v.cpu().clone() for k, v in opt_tensors.items()})
     for key, value in (rng or {}).items():
         tensors[f"rng.{key}"] = value.detach().cpu().contiguous().clone()
+    meta["sha256"] = {key: tensor_sha256(value) for key, value in tensors.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_path(path)
     try:
@@ -184,7 +205,41 @@ def load_checkpoint(path: Path | str, device: str | torch.device = "cpu") -> Che
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
     if raw is None:
         raise CheckpointError(f"{path} is a safetensors file but not a ddkit checkpoint (no 'ddkit' metadata)")
-    meta = json.loads(raw)
+    meta = _read_meta(path, raw)
+    _verify(path, tensors, meta.get("sha256"))
+    return Checkpoint(path=path, step=meta["step"], config=meta["config"], tensors=tensors, meta=meta)
+
+
+def _read_meta(path: Path, raw: str) -> dict[str, Any]:
+    """The JSON metadata, with the fields every reader relies on checked."""
+    try:
+        meta = json.loads(raw)
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: the checkpoint's metadata is not valid JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: the checkpoint's metadata is a {type(meta).__name__}, expected a JSON object")
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path} has checkpoint format {meta.get('format')!r}; this ddkit reads {FORMAT!r}")
-    return Checkpoint(path=path, step=int(meta["step"]), config=meta["config"], tensors=tensors, meta=meta)
+    expected = {"step": int, "config": dict, "sha256": (dict, type(None))}
+    for key, kind in expected.items():
+        value = meta.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise CheckpointError(f"{path}: the checkpoint's metadata field {key!r} is {value!r:.60}, "
+                                  f"expected {'an integer' if kind is int else 'a JSON object'}")
+    return meta
+
+
+def _verify(path: Path, tensors: dict[str, Tensor], hashes: dict[str, Any] | None) -> None:
+    """Every tensor against the SHA-256 recorded when it was saved."""
+    if hashes is None:
+        warnings.warn(f"{path} has no tensor hashes (written by an older ddkit); its bytes cannot be "
+                      f"checked for corruption", UnverifiedCheckpointWarning, stacklevel=3)
+        return
+    for key in sorted(tensors.keys() | hashes.keys()):
+        if key not in hashes:
+            raise CheckpointError(f"{path}: tensor {key!r} has no recorded SHA-256; the file was changed after it was saved")
+        if key not in tensors:
+            raise CheckpointError(f"{path}: tensor {key!r} is recorded in the metadata but missing from the file")
+        if tensor_sha256(tensors[key]) != hashes[key]:
+            raise CheckpointError(f"{path}: tensor {key!r} does not match the SHA-256 recorded when it was saved; "
+                                  f"the file is corrupted (restore it from a copy)")

@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 
 import ddkit
-from ddkit.config import ConfigError, load_pipeline, pipeline_json_schema
+from ddkit.config import ConfigError, load_pipeline, load_resolved, pipeline_json_schema
 
 from .checkpoint import CHECKPOINT_NAME, atomic_write_text, load_checkpoint
 from .pipeline import Pipeline
@@ -66,7 +66,7 @@ def _load_for_run(args: tuple[str, ...], out: str | None, resume: bool):
     if path is None:  # --resume with only overrides: the run directory's own config
         if out is None:
             raise ConfigError("--resume without a pipeline file needs --out RUN_DIR")
-        config = load_pipeline(load_checkpoint(Path(out)).config, overrides)
+        config = load_resolved(load_checkpoint(Path(out)).config, overrides)
     else:
         config = load_pipeline(path, overrides)
     run_dir, note = choose_run_dir(config, out, resume=resume)

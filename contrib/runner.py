@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 import ddkit
-from ddkit.config import ConfigError, PipelineConfig, load_pipeline, parse_override, to_yaml
+from ddkit.config import ConfigError, PipelineConfig, load_resolved, parse_override, to_yaml
 from ddkit.registry import split_spec
 
 from .checkpoint import CHECKPOINT_NAME, Checkpoint, atomic_write_text, load_checkpoint
@@ -58,7 +58,7 @@ def load_run(source: str | Path, *, load_data: bool = False, device: str | None 
     """Rebuild a pipeline from a run directory or a checkpoint file, with the checkpoint's
     weights (EMA if present) in ``pipeline.model``."""
     ckpt = load_checkpoint(source)
-    config = load_pipeline(ckpt.config, overrides)
+    config = load_resolved(ckpt.config, overrides)
     pipeline = Pipeline.build(config, load_data=load_data, device=device)
     pipeline.model.load_state_dict(ckpt.weights(prefer_ema=True))
     loss_state = ckpt.group("loss")

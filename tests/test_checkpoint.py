@@ -91,3 +91,68 @@ def test_save_load_without_optimizer(tmp_path):
     ckpt = load_checkpoint(path)
     assert ckpt.step == 5 and ckpt.config == {"a": 1} and "optimizer" not in ckpt.meta
     torch.testing.assert_close(ckpt.weights()["weight"], net.weight.detach())
+
+
+def _flip_byte_of(path, tensor):
+    """Flip one bit in the middle of ``tensor``'s bytes in a safetensors file (8-byte header
+    length, JSON header, then the data region with each tensor's ``data_offsets``)."""
+    data = bytearray(path.read_bytes())
+    header_len = int.from_bytes(data[:8], "little")
+    start, end = json.loads(data[8:8 + header_len])[tensor]["data_offsets"]
+    data[8 + header_len + (start + end) // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def test_every_tensor_is_hashed_and_a_flipped_byte_names_the_tensor(trained):
+    path = trained.checkpoint_path
+    ckpt = load_checkpoint(path)
+    assert set(ckpt.meta["sha256"]) == set(ckpt.tensors) and all(len(h) == 64 for h in ckpt.meta["sha256"].values())
+    for tensor in ("ema.embed.weight" if "ema.embed.weight" in ckpt.tensors else sorted(ckpt.group("ema"))[0],
+                   "optimizer.0.exp_avg", "rng.data"):
+        tensor = tensor if tensor in ckpt.tensors else "ema." + tensor
+        before = path.read_bytes()
+        _flip_byte_of(path, tensor)
+        with pytest.raises(CheckpointError) as info:
+            load_checkpoint(path)
+        message = str(info.value)
+        assert f"tensor {tensor!r} does not match the SHA-256" in message and str(path) in message
+        assert "\n" not in message
+        path.write_bytes(before)
+    assert load_checkpoint(path).step == 3
+
+
+def test_hashes_must_cover_exactly_the_tensors(tmp_path):
+    meta = {"format": ckpt_module.FORMAT, "step": 1, "config": {}}
+    extra = tmp_path / "extra.safetensors"
+    save_file({"w": torch.zeros(2), "added": torch.ones(1)}, str(extra),
+              metadata={"ddkit": json.dumps({**meta, "sha256": {"w": ckpt_module.tensor_sha256(torch.zeros(2))}})})
+    with pytest.raises(CheckpointError, match="tensor 'added' has no recorded SHA-256"):
+        load_checkpoint(extra)
+    removed = tmp_path / "removed.safetensors"
+    hashes = {"w": ckpt_module.tensor_sha256(torch.zeros(2)), "gone": "0" * 64}
+    save_file({"w": torch.zeros(2)}, str(removed), metadata={"ddkit": json.dumps({**meta, "sha256": hashes})})
+    with pytest.raises(CheckpointError, match="tensor 'gone' is recorded in the metadata but missing"):
+        load_checkpoint(removed)
+
+
+def test_a_checkpoint_without_hashes_loads_with_a_warning(tmp_path):
+    old = tmp_path / "old.safetensors"
+    save_file({"model.w": torch.arange(3.0)}, str(old),
+              metadata={"ddkit": json.dumps({"format": ckpt_module.FORMAT, "step": 2, "config": {"a": 1}})})
+    with pytest.warns(ckpt_module.UnverifiedCheckpointWarning, match="no tensor hashes"):
+        ckpt = load_checkpoint(old)
+    assert ckpt.step == 2 and torch.equal(ckpt.group("model")["w"], torch.arange(3.0))
+
+
+@pytest.mark.parametrize("meta, message", [
+    ("{not json", "metadata is not valid JSON"),
+    ("[1, 2]", "metadata is a list, expected a JSON object"),
+    ('{"format": "ddkit-checkpoint/1", "step": "3", "config": {}}', "field 'step' is '3', expected an integer"),
+    ('{"format": "ddkit-checkpoint/1", "step": 3, "config": "x"}', "field 'config' is 'x', expected a JSON object"),
+    ('{"format": "ddkit-checkpoint/1", "step": 3, "config": {}, "sha256": []}', r"field 'sha256' is \[\], expected a JSON object"),
+])
+def test_malformed_metadata_is_a_checkpoint_error(tmp_path, meta, message):
+    path = tmp_path / "bad.safetensors"
+    save_file({"w": torch.zeros(2)}, str(path), metadata={"ddkit": meta})
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(path)

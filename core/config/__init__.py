@@ -13,7 +13,7 @@ Example::
 """
 
 from .errors import ConfigError, format_validation_error
-from .loading import apply_overrides, load_pipeline, load_raw, parse_override, to_yaml
+from .loading import apply_overrides, load_pipeline, load_raw, load_resolved, parse_override, to_yaml
 from .schema import (
     COMPONENT_FIELDS,
     PIPELINE_PROVIDED,
@@ -42,6 +42,7 @@ __all__ = [
     "format_validation_error",
     "load_pipeline",
     "load_raw",
+    "load_resolved",
     "parse_override",
     "pipeline_json_schema",
     "set_components",
