@@ -245,6 +245,9 @@ class UnmaskingRule:
     #: whether the rule draws from the process's posterior (then a sampler may use the
     #: posterior of a non-absorbing process in its place)
     is_posterior: ClassVar[bool] = False
+    #: whether the rule may mask clean tokens again: then a sampler runs all its steps
+    #: instead of stopping once nothing is masked
+    remasks: bool = False
 
     def start(self, state: SamplerState, grid: Tensor) -> None:
         """Per-run set-up (e.g. per-step probabilities over ``grid``, kept in ``state.scratch``)."""

@@ -18,8 +18,9 @@ default, ``posterior``, is exactly the posterior: a masked token stays masked w.
 * the last step denoises to data: extra states (the mask) get probability zero there, and
   ``final_argmax`` takes the most likely token instead of sampling;
 * ``cache``: with a parameterization without time conditioning the denoiser is called only
-  when the tokens changed; for an absorbing process without a corrector sampling stops once
-  no free mask remains. Then NFE equals the number of steps in which some token changed.
+  when the tokens changed; for an absorbing process without a corrector or a remasking rule
+  sampling stops once no free mask remains. Then NFE equals the number of steps in which
+  some token changed.
 """
 
 from __future__ import annotations
@@ -42,6 +43,11 @@ class AncestralSampler(GridSampler):
         elif not self.rule.is_posterior:
             raise ValueError(f"unmasking rule {type(self.rule).__name__} needs an absorbing process; "
                              f"{type(state.process).__name__} is not (use rule: posterior)")
+
+    def finished(self, state):
+        if self.rule.remasks and "absorbing" in state.process.capabilities:
+            return state.step >= self.steps
+        return super().finished(state)
 
     def step(self, state):
         t, s = self.times(state)
