@@ -79,6 +79,8 @@ ParameterizationSpec = Component("parameterization")
 CorrectorSpec = Component("corrector")
 #: the unmasking / remasking rule of an absorbing process
 UnmaskingRuleSpec = Component("unmasking_rule")
+#: a sampler inside another (e.g. the inner sampler of semi-autoregressive blocks)
+SamplerSpec = Component("sampler")
 
 
 @dataclass
@@ -314,12 +316,14 @@ class Sampler:
         """Per-run set-up before the first step."""
 
     def finished(self, state: SamplerState) -> bool:
-        """Whether to stop; by default once no masked position remains (fixed positions
-        hold clean tokens, so these are the free masked ones). A sampler for processes
-        without a mask implements its own."""
+        """Whether to stop; by default once no free masked position remains (the quick test
+        for any mask suffices unless masks are held fixed). A sampler for processes without
+        a mask implements its own."""
         if state.process.mask_id is None:
             raise NotImplementedError(f"{type(self).__name__} must implement finished() for a process "
                                       f"without a mask ({type(state.process).__name__})")
+        if state.holds_masks:
+            return not bool(state.free_masked().any())
         return not bool((state.x == state.process.mask_id).any())
 
     def step(self, state: SamplerState) -> None:
