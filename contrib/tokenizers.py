@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import string
 from collections.abc import Iterable
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from torch import Tensor
 
 import ddkit
@@ -76,10 +76,14 @@ def _ids(ids: Iterable[int] | Tensor) -> list[int]:
 class CharTokenizer(Tokenizer):
     """Character-level tokenizer; see the module docstring."""
 
-    def __init__(self, alphabet: str | None = None, preset: Literal["text8"] | None = None,
-                 unknown: Literal["error", "skip", "replace"] = "error", replacement: str | None = None):
-        if alphabet is not None and preset is not None:
-            raise ValueError("give either alphabet or preset, not both")
+    def __init__(self,
+                 alphabet: Annotated[str | None, Field(
+                     min_length=1, description="the symbols, in id order; null: from the corpus")] = None,
+                 preset: Annotated[Literal["text8"] | None, Field(
+                     description="text8: a-z and space (27 symbols)")] = None,
+                 unknown: Literal["error", "skip", "replace"] = "error",
+                 replacement: Annotated[str | None, Field(min_length=1, max_length=1)] = None):
+        check_char_options(alphabet, preset, unknown, replacement)
         self.unknown, self.replacement = unknown, replacement
         self.preset = preset
         self.alphabet: str | None = None
@@ -179,19 +183,21 @@ class ByteTokenizer(Tokenizer):
         return "ByteTokenizer(vocab_size=256)"
 
 
-class CharParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    alphabet: str | None = Field(None, min_length=1, description="the symbols, in id order; null: from the corpus")
-    preset: Literal["text8"] | None = Field(None, description="text8: a-z and space (27 symbols)")
-    unknown: Literal["error", "skip", "replace"] = "error"
-    replacement: str | None = Field(None, min_length=1, max_length=1)
+def check_char_options(alphabet: str | None, preset: str | None, unknown: str, replacement: str | None) -> None:
+    """The options of :class:`CharTokenizer` that constrain each other."""
+    if alphabet is not None and preset is not None:
+        raise ValueError("give either alphabet or preset, not both")
+    if unknown == "replace" and replacement is None:
+        raise ValueError("unknown: replace needs a replacement character")
+
+
+class CharParams(ddkit.params_model(CharTokenizer)):
+    # the signature's parameters, and those that constrain each other checked before the
+    # tokenizer is built
 
     @model_validator(mode="after")
     def _consistent(self) -> CharParams:
-        if self.alphabet is not None and self.preset is not None:
-            raise ValueError("give either alphabet or preset, not both")
-        if self.unknown == "replace" and self.replacement is None:
-            raise ValueError("unknown: replace needs a replacement character")
+        check_char_options(self.alphabet, self.preset, self.unknown, self.replacement)
         return self
 
 

@@ -24,18 +24,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import Annotated, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor, nn
 
 from .denoiser import Denoiser
+from .params import params_model
 from .registry import Component, build
-
-if TYPE_CHECKING:
-    from .parameterization import Parameterization
-    from .process import Process
 
 TimeSampling = Literal["iid", "antithetic"]
 
@@ -112,17 +109,18 @@ class ContinuousTimeLoss(Loss):
     \ell(x_0, x_t, t)\,dt`: one time per sequence (``time_sampling`` on :math:`[t_{min}, 1]`),
     :math:`x_t \sim q(x_t \mid x_0)` from the process, and the estimate
     :math:`(1 - t_{min})\,\ell` in nats per token. Subclasses give the integrand
-    :math:`\ell` (:meth:`integrand`) and the parameterization used when none is given."""
+    :math:`\ell` (:meth:`integrand`); one with another default parameterization re-declares
+    ``parameterization`` in its ``__init__`` and passes the rest on as ``**kwargs``."""
 
-    default_parameterization: ClassVar[str] = "mean"
-
-    def __init__(self, process: Process, parameterization: Parameterization | str | None = None,
-                 time_sampling: TimeSampling = "antithetic", t_min: float = 1e-4):
+    def __init__(self, process: Component("process"),
+                 parameterization: Component("parameterization") = "mean",
+                 time_sampling: TimeSampling = "antithetic",
+                 t_min: Annotated[float, Field(ge=0.0, lt=1.0)] = 1e-4):
         super().__init__()
         if not 0.0 <= t_min < 1.0:
             raise ValueError(f"t_min must be in [0, 1), got {t_min}")
         self.process = process
-        self.parameterization = build("parameterization", parameterization or self.default_parameterization)
+        self.parameterization = build("parameterization", parameterization)
         self.time_sampling = time_sampling
         self.t_min = float(t_min)
         if isinstance(process.schedule, nn.Module):
@@ -140,11 +138,5 @@ class ContinuousTimeLoss(Loss):
         return LossOutput(nats=(1.0 - self.t_min) * self.integrand(denoiser, x0, x_t, t), t=t)
 
 
-class ContinuousTimeLossParams(BaseModel):
-    """Parameters of a :class:`ContinuousTimeLoss`; subclasses change the parameterization's default."""
-
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
-    process: Component("process")
-    parameterization: Component("parameterization") = "mean"
-    time_sampling: TimeSampling = "antithetic"
-    t_min: float = Field(1e-4, ge=0.0, lt=1.0)
+#: Parameters of a :class:`ContinuousTimeLoss`, derived from its signature.
+ContinuousTimeLossParams = params_model(ContinuousTimeLoss, name="ContinuousTimeLossParams")

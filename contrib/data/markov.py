@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import math
 import string
+from typing import Annotated
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 import ddkit
 from ddkit.testing.oracles import MarkovChain
@@ -30,9 +31,14 @@ SYMBOLS = string.ascii_lowercase + string.ascii_uppercase + string.digits
 
 
 class MarkovDataset(Dataset):
-    def __init__(self, vocab_size: int = 8, seed: int = 0, concentration: float = 0.5,
-                 train_sequences: int = 20000, validation_sequences: int = 1000,
-                 test_sequences: int = 1000):
+    def __init__(self,
+                 vocab_size: Annotated[int, Field(ge=2, le=len(SYMBOLS), description="states of the chain")] = 8,
+                 seed: Annotated[int, Field(ge=0, description="seed of the chain and of its samples")] = 0,
+                 concentration: Annotated[float, Field(
+                     gt=0, description="Dirichlet concentration of each row (small: peaked)")] = 0.5,
+                 train_sequences: Annotated[int, Field(ge=1)] = 20000,
+                 validation_sequences: Annotated[int, Field(ge=1)] = 1000,
+                 test_sequences: Annotated[int, Field(ge=0)] = 1000):
         self.chain = MarkovChain(vocab_size, seed, concentration=concentration)
         self.seed = seed
         self.counts = {"train": train_sequences, "validation": validation_sequences, "test": test_sequences}
@@ -61,17 +67,7 @@ class MarkovDataset(Dataset):
         return DataSplits(tokenizer, splits, info)
 
 
-class MarkovParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    vocab_size: int = Field(8, ge=2, le=len(SYMBOLS), description="states of the chain")
-    seed: int = Field(0, ge=0, description="seed of the chain and of its samples")
-    concentration: float = Field(0.5, gt=0, description="Dirichlet concentration of each row (small: peaked)")
-    train_sequences: int = Field(20000, ge=1)
-    validation_sequences: int = Field(1000, ge=1)
-    test_sequences: int = Field(1000, ge=0)
-
-
 @ddkit.hookimpl
 def register_datasets(register):
-    register("markov", MarkovDataset, params=MarkovParams,
+    register("markov", MarkovDataset,
              summary="synthetic first-order Markov chain sequences with their exact entropy")

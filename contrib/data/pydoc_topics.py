@@ -15,9 +15,9 @@ for a given Python version.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 import ddkit
 
@@ -51,8 +51,10 @@ def pydoc_corpus(content: Literal["all", "prose"] = "all") -> str:
 
 
 class PydocTopics(TextDataset):
-    def __init__(self, validation_fraction: float = 0.05, test_fraction: float = 0.0,
-                 content: Literal["all", "prose"] = "all"):
+    def __init__(self, validation_fraction: Annotated[float, Field(gt=0, lt=0.5)] = 0.05,
+                 test_fraction: Annotated[float, Field(ge=0, lt=0.5)] = 0.0,
+                 content: Annotated[Literal["all", "prose"], Field(
+                     description="all: verbatim; prose: running text only")] = "all"):
         self.validation_fraction, self.test_fraction = validation_fraction, test_fraction
         self.content = content
 
@@ -65,14 +67,7 @@ class PydocTopics(TextDataset):
         return {"source": f"pydoc_data.topics of Python {sys.version.split()[0]} ({self.content})"}
 
 
-class PydocTopicsParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    validation_fraction: float = Field(0.05, gt=0, lt=0.5)
-    test_fraction: float = Field(0.0, ge=0, lt=0.5)
-    content: Literal["all", "prose"] = Field("all", description="all: verbatim; prose: running text only")
-
-
 @ddkit.hookimpl
 def register_datasets(register):
-    register("pydoc_topics", PydocTopics, params=PydocTopicsParams,
+    register("pydoc_topics", PydocTopics,
              summary="CPython's documentation topics (~465 KB, no download), contiguous split")

@@ -10,8 +10,9 @@ Download ``http://mattmahoney.net/dc/text8.zip`` and unzip it; ddkit never downl
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 import ddkit
 
@@ -22,7 +23,7 @@ TRAIN_FRACTION, VALIDATION_FRACTION = 0.9, 0.05
 
 
 class Text8(TextDataset):
-    def __init__(self, path: str):
+    def __init__(self, path: Annotated[str, Field(description="the unzipped text8 file")]):
         self.path = Path(path).expanduser()
 
     def default_tokenizer(self) -> CharTokenizer:
@@ -47,12 +48,7 @@ class Text8(TextDataset):
         return {"source": str(self.path)}
 
 
-class Text8Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    path: str = Field(description="the unzipped text8 file")
-
-
 @ddkit.hookimpl
 def register_datasets(register):
-    register("text8", Text8, params=Text8Params,
+    register("text8", Text8,
              summary="text8 from a local file: 27 symbols, 90M/5M/5M split")

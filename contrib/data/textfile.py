@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 import ddkit
 
@@ -12,7 +13,9 @@ from .base import TextDataset, split_text
 
 
 class TextFile(TextDataset):
-    def __init__(self, path: str, validation_fraction: float = 0.05, test_fraction: float = 0.0,
+    def __init__(self, path: Annotated[str, Field(description="a UTF-8 (or `encoding`) text file")],
+                 validation_fraction: Annotated[float, Field(gt=0, lt=0.5)] = 0.05,
+                 test_fraction: Annotated[float, Field(ge=0, lt=0.5)] = 0.0,
                  encoding: str = "utf-8"):
         self.path = Path(path).expanduser()
         self.validation_fraction, self.test_fraction = validation_fraction, test_fraction
@@ -28,14 +31,6 @@ class TextFile(TextDataset):
         return {"source": str(self.path)}
 
 
-class TextFileParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    path: str = Field(description="a UTF-8 (or `encoding`) text file")
-    validation_fraction: float = Field(0.05, gt=0, lt=0.5)
-    test_fraction: float = Field(0.0, ge=0, lt=0.5)
-    encoding: str = "utf-8"
-
-
 @ddkit.hookimpl
 def register_datasets(register):
-    register("textfile", TextFile, params=TextFileParams, summary="a local text file, contiguous split")
+    register("textfile", TextFile, summary="a local text file, contiguous split")

@@ -31,10 +31,11 @@ Example::
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 import ddkit
@@ -105,13 +106,20 @@ class Block(nn.Module):
 class DiT(nn.Module):
     """Bidirectional transformer denoiser; see the module docstring for the equations."""
 
-    def __init__(self, vocab_size: int, width: int = 256, depth: int = 4, heads: int = 4,
-                 mlp_ratio: float = 4.0, dropout: float = 0.0, max_seq_len: int = 1024,
-                 time_conditioning: bool = False, num_states: int | None = None,
-                 rope_base: float = 10000.0):
+    def __init__(self,
+                 vocab_size: Annotated[int, Field(ge=1, description="clean vocabulary V (filled in from the data)")],
+                 width: Annotated[int, Field(ge=2, description="model dimension")] = 256,
+                 depth: Annotated[int, Field(ge=1, description="number of transformer blocks")] = 4,
+                 heads: Annotated[int, Field(ge=1, description="attention heads (width/heads must be even)")] = 4,
+                 mlp_ratio: Annotated[float, Field(gt=0)] = 4.0,
+                 dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0,
+                 max_seq_len: Annotated[int, Field(ge=1, description="longest sequence (RoPE table size)")] = 1024,
+                 time_conditioning: Annotated[bool, Field(description="adaLN conditioning on t")] = False,
+                 num_states: Annotated[int | None, Field(
+                     ge=1, description="input states S (default V + 1: the mask)")] = None,
+                 rope_base: Annotated[float, Field(gt=1.0)] = 10000.0):
         super().__init__()
-        if width % heads or (width // heads) % 2:
-            raise ValueError(f"width {width} must split into {heads} heads of even size")
+        check_heads(width, heads)
         self.vocab_size = int(vocab_size)
         self.num_states = int(num_states) if num_states is not None else self.vocab_size + 1
         self.max_seq_len = int(max_seq_len)
@@ -170,24 +178,18 @@ class DiT(nn.Module):
         return self.head(h)
 
 
-class DiTParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    vocab_size: int = Field(ge=1, description="clean vocabulary V (filled in from the data)")
-    width: int = Field(256, ge=2, description="model dimension")
-    depth: int = Field(4, ge=1, description="number of transformer blocks")
-    heads: int = Field(4, ge=1, description="attention heads (width/heads must be even)")
-    mlp_ratio: float = Field(4.0, gt=0)
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    max_seq_len: int = Field(1024, ge=1, description="longest sequence (RoPE table size)")
-    time_conditioning: bool = Field(False, description="adaLN conditioning on t")
-    num_states: int | None = Field(None, ge=1, description="input states S (default V + 1: the mask)")
-    rope_base: float = Field(10000.0, gt=1.0)
+def check_heads(width: int, heads: int) -> None:
+    if width % heads or (width // heads) % 2:
+        raise ValueError(f"width {width} must split into {heads} heads of even size "
+                         f"(width % heads == 0 and width/heads even)")
+
+
+class DiTParams(ddkit.params_model(DiT)):
+    # the signature's parameters, and the head split checked before the network is built
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> DiTParams:
-        if self.width % self.heads or (self.width // self.heads) % 2:
-            raise ValueError(f"width {self.width} must split into {self.heads} heads of even size "
-                             f"(width % heads == 0 and width/heads even)")
+        check_heads(self.width, self.heads)
         return self
 
 

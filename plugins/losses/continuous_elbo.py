@@ -23,11 +23,7 @@ class ContinuousELBO(ddkit.ContinuousTimeLoss):
         return self.process.continuous_elbo(x0, x_t, log_mean, t)
 
 
-class ContinuousELBOParams(ddkit.ContinuousTimeLossParams):
-    pass
-
-
 @ddkit.hookimpl
 def register_losses(register):
-    register("continuous_elbo", ContinuousELBO, params=ContinuousELBOParams,
+    register("continuous_elbo", ContinuousELBO,
              summary="continuous-time NELBO, weight -alpha'/(1-alpha) (MD4/MDLM)")

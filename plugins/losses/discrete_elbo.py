@@ -16,18 +16,19 @@ The prior term (zero when :math:`\alpha_1 = 0`) is omitted.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor
 
 import ddkit
 
 
 class DiscreteELBO(ddkit.Loss):
-    def __init__(self, process: ddkit.Process, num_steps: int = 1000,
-                 parameterization: ddkit.Parameterization | str = "mean",
+    def __init__(self, process: ddkit.Component("process"),
+                 num_steps: Annotated[int, Field(ge=1)] = 1000,
+                 parameterization: ddkit.Component("parameterization") = "mean",
                  time_sampling: Literal["iid", "antithetic"] = "antithetic"):
         super().__init__()
         if num_steps < 1:
@@ -51,15 +52,7 @@ class DiscreteELBO(ddkit.Loss):
         return ddkit.LossOutput(nats=nats, t=t)
 
 
-class DiscreteELBOParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
-    process: ddkit.Component("process")
-    num_steps: int = Field(1000, ge=1)
-    parameterization: ddkit.Component("parameterization") = "mean"
-    time_sampling: Literal["iid", "antithetic"] = "antithetic"
-
-
 @ddkit.hookimpl
 def register_losses(register):
-    register("discrete_elbo", DiscreteELBO, params=DiscreteELBOParams,
+    register("discrete_elbo", DiscreteELBO,
              summary="discrete-time NELBO with T steps, weight T (alpha_s - alpha_t)/(1 - alpha_t)")

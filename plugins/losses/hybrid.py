@@ -19,19 +19,22 @@ report likelihoods with an ELBO loss. D3PM used :math:`\lambda` between 0.001 an
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor
 
 import ddkit
 
 
 class HybridLoss(ddkit.Loss):
-    def __init__(self, process: ddkit.Process, parameterization: ddkit.Parameterization | str = "mean",
-                 weight: float = 0.01, num_steps: int | None = 1000,
-                 time_sampling: Literal["iid", "antithetic"] = "antithetic", t_min: float = 1e-4):
+    def __init__(self, process: ddkit.Component("process"),
+                 parameterization: ddkit.Component("parameterization") = "mean",
+                 weight: Annotated[float, Field(ge=0.0, description="lambda, the weight of the cross-entropy")] = 0.01,
+                 num_steps: Annotated[int | None, Field(ge=1, description="T of the discrete-time bound; null: continuous time")] = 1000,
+                 time_sampling: Literal["iid", "antithetic"] = "antithetic",
+                 t_min: Annotated[float, Field(ge=0.0, lt=1.0, description="continuous time only")] = 1e-4):
         super().__init__()
         if weight < 0:
             raise ValueError(f"weight must be >= 0, got {weight}")
@@ -69,17 +72,7 @@ class HybridLoss(ddkit.Loss):
         return ddkit.LossOutput(nats=vb + self.weight * cross_entropy.to(vb.dtype), t=t)
 
 
-class HybridParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
-    process: ddkit.Component("process")
-    parameterization: ddkit.Component("parameterization") = "mean"
-    weight: float = Field(0.01, ge=0.0, description="lambda, the weight of the cross-entropy")
-    num_steps: int | None = Field(1000, ge=1, description="T of the discrete-time bound; null: continuous time")
-    time_sampling: Literal["iid", "antithetic"] = "antithetic"
-    t_min: float = Field(1e-4, ge=0.0, lt=1.0, description="continuous time only")
-
-
 @ddkit.hookimpl
 def register_losses(register):
-    register("hybrid", HybridLoss, params=HybridParams,
+    register("hybrid", HybridLoss,
              summary="D3PM hybrid loss: variational bound + lambda * cross-entropy of the x0 prediction")

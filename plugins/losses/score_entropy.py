@@ -29,18 +29,16 @@ import ddkit
 
 
 class ScoreEntropy(ddkit.ContinuousTimeLoss):
-    default_parameterization = "score"
+    def __init__(self, process: ddkit.Component("process"),
+                 parameterization: ddkit.Component("parameterization") = "score", **kwargs):
+        super().__init__(process, parameterization, **kwargs)
 
     def integrand(self, denoiser: ddkit.Denoiser, x0: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
         log_score = self.parameterization.log_score(denoiser, x_t, t, self.process)
         return self.process.score_entropy(x0, x_t, log_score, t)
 
 
-class ScoreEntropyParams(ddkit.ContinuousTimeLossParams):
-    parameterization: ddkit.Component("parameterization") = "score"
-
-
 @ddkit.hookimpl
 def register_losses(register):
-    register("score_entropy", ScoreEntropy, params=ScoreEntropyParams,
+    register("score_entropy", ScoreEntropy,
              summary="denoising score entropy (SEDD), the continuous-time NELBO in ratio form")

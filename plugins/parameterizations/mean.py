@@ -13,7 +13,6 @@ samplers may cache it.
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict
 from torch import Tensor
 
 import ddkit
@@ -42,12 +41,7 @@ class MeanParameterization(ddkit.Parameterization):
         return f"MeanParameterization(time_conditioning={self.time_conditioning})"
 
 
-class MeanParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    time_conditioning: bool = False
-
-
 @ddkit.hookimpl
 def register_parameterizations(register):
-    register("mean", MeanParameterization, params=MeanParams,
+    register("mean", MeanParameterization,
              summary="x0-prediction: softmax over clean tokens, carry-over of clean tokens")

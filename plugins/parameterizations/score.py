@@ -34,7 +34,6 @@ Example::
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict
 from torch import Tensor
 
 import ddkit
@@ -63,12 +62,7 @@ class ScoreParameterization(ddkit.Parameterization):
         return f"ScoreParameterization(time_conditioning={self.time_conditioning})"
 
 
-class ScoreParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    time_conditioning: bool = True
-
-
 @ddkit.hookimpl
 def register_parameterizations(register):
-    register("score", ScoreParameterization, params=ScoreParams,
+    register("score", ScoreParameterization,
              summary="SEDD ratios: outputs are log q_t(j)/q_t(x_t) over clean tokens")

@@ -20,7 +20,7 @@ States ``0..V-1`` are clean tokens and ``V`` is the mask (``S = V + 1``). With t
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict, PositiveInt
+from pydantic import PositiveInt
 from torch import Tensor
 
 import ddkit
@@ -35,7 +35,7 @@ class MaskedProcess(ddkit.Process):
 
     capabilities = frozenset({"absorbing"})
 
-    def __init__(self, vocab_size: int, schedule: ddkit.Schedule | str = "linear"):
+    def __init__(self, vocab_size: PositiveInt, schedule: ddkit.Component("schedule") = "linear"):
         super().__init__(vocab_size, ddkit.build("schedule", schedule))
         self.mask_id = self.vocab_size
 
@@ -134,13 +134,7 @@ class MaskedProcess(ddkit.Process):
         return torch.full(x0.shape, value, dtype=torch.float64, device=x0.device)
 
 
-class MaskedParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    vocab_size: PositiveInt
-    schedule: ddkit.Component("schedule") = "linear"
-
-
 @ddkit.hookimpl
 def register_processes(register):
-    register("masked", MaskedProcess, params=MaskedParams,
+    register("masked", MaskedProcess,
              summary="absorbing-state (mask id = V) diffusion, MD4/MDLM")

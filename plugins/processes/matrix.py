@@ -65,10 +65,10 @@ Example (YAML: ``process: {name: matrix, generator: custom, rates: [[-1, 1], [1,
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, field_validator, model_validator
+from pydantic import AfterValidator, Field, FiniteFloat, model_validator
 from torch import Tensor
 
 import ddkit
@@ -244,6 +244,14 @@ def stationary_distribution(rates: Tensor) -> Tensor:
     return pi / pi.sum()
 
 
+def check_square(rates: list[list[float]] | None) -> list[list[float]] | None:
+    """A custom ``rates`` nested list must be square."""
+    if rates is not None and any(len(row) != len(rates) for row in rates):
+        raise ValueError(f"rates must be square: {len(rates)} rows of lengths "
+                         f"{sorted({len(row) for row in rates})}")
+    return rates
+
+
 def build_generator(vocab_size: int, generator: Generator, *, width: float | None = None,
                     bandwidth: int | None = None, uniform_fraction: float | None = None,
                     rates=None) -> Tensor:
@@ -275,10 +283,19 @@ def build_generator(vocab_size: int, generator: Generator, *, width: float | Non
 class MatrixProcess(ddkit.Process):
     """A CTMC with generator ``rate_scale * R`` on the clock :math:`-\\log \\alpha_t`."""
 
-    def __init__(self, vocab_size: int, generator: Generator = "uniform",
-                 schedule: ddkit.Schedule | str = "linear", *, rate_scale: float = 1.0,
-                 width: float | None = None, bandwidth: int | None = None,
-                 uniform_fraction: float | None = None, rates=None):
+    def __init__(self, vocab_size: Annotated[int, Field(ge=1, le=MAX_STATES)], generator: Generator = "uniform",
+                 schedule: ddkit.Component("schedule") = "linear", *,
+                 rate_scale: Annotated[FiniteFloat, Field(gt=0.0)] = 1.0,
+                 width: Annotated[FiniteFloat | None, Field(
+                     gt=0.0, description="gaussian: w in exp(-4 (i-j)^2 / ((V-1)^2 w))")] = None,
+                 bandwidth: Annotated[int | None, Field(
+                     ge=1, description="banded: jumps of at most this many steps")] = None,
+                 uniform_fraction: Annotated[float | None, Field(
+                     ge=0.0, lt=1.0, description="mask_uniform: share of the uniform-noise rate")] = None,
+                 rates: Annotated[list[list[FiniteFloat]] | None, Field(
+                     max_length=MAX_STATES + 1,
+                     description="custom: the generator as a nested list, S = V or V + 1, rows summing to 0"),
+                     AfterValidator(check_square)] = None):
         super().__init__(vocab_size, ddkit.build("schedule", schedule))
         if not (math.isfinite(rate_scale) and rate_scale > 0):
             raise ValueError(f"rate_scale must be finite and > 0, got {rate_scale}")
@@ -385,27 +402,9 @@ class MatrixProcess(ddkit.Process):
         return self.score_entropy(x0, x_t, torch.log(score), t).to(log_mean.dtype)
 
 
-class MatrixParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    vocab_size: int = Field(ge=1, le=MAX_STATES)
-    generator: Generator = "uniform"
-    schedule: ddkit.Component("schedule") = "linear"
-    rate_scale: FiniteFloat = Field(1.0, gt=0.0)
-    width: FiniteFloat | None = Field(None, gt=0.0, description="gaussian: w in exp(-4 (i-j)^2 / ((V-1)^2 w))")
-    bandwidth: int | None = Field(None, ge=1, description="banded: jumps of at most this many steps")
-    uniform_fraction: float | None = Field(None, ge=0.0, lt=1.0,
-                                           description="mask_uniform: share of the uniform-noise rate")
-    rates: list[list[FiniteFloat]] | None = Field(
-        None, max_length=MAX_STATES + 1,
-        description="custom: the generator as a nested list, S = V or V + 1, rows summing to 0")
-
-    @field_validator("rates")
-    @classmethod
-    def _square(cls, rates):
-        if rates is not None and any(len(row) != len(rates) for row in rates):
-            raise ValueError(f"rates must be square: {len(rates)} rows of lengths "
-                             f"{sorted({len(row) for row in rates})}")
-        return rates
+class MatrixParams(ddkit.params_model(MatrixProcess)):
+    # the signature's parameters; the generator they describe is checked before the process is
+    # built, so that a config reports it at load time
 
     @model_validator(mode="after")
     def _generator(self):

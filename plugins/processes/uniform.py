@@ -52,8 +52,10 @@ Example::
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor
 
 import ddkit
@@ -68,7 +70,7 @@ class UniformProcess(ddkit.Process):
 
     capabilities = frozenset()
 
-    def __init__(self, vocab_size: int, schedule: ddkit.Schedule | str = "linear"):
+    def __init__(self, vocab_size: Annotated[int, Field(ge=2)], schedule: ddkit.Component("schedule") = "linear"):
         super().__init__(vocab_size, ddkit.build("schedule", schedule))
         if self.vocab_size < 2:
             raise ValueError(f"uniform diffusion needs vocab_size >= 2, got {self.vocab_size}")
@@ -202,13 +204,7 @@ class UniformProcess(ddkit.Process):
         return self.score_entropy(x0, x_t, torch.log(score), t).to(log_mean.dtype)
 
 
-class UniformParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    vocab_size: int = Field(ge=2)
-    schedule: ddkit.Component("schedule") = "linear"
-
-
 @ddkit.hookimpl
 def register_processes(register):
-    register("uniform", UniformProcess, params=UniformParams,
+    register("uniform", UniformProcess,
              summary="uniform-noise diffusion, q(x_t|x_0) = Cat(alpha x_0 + (1 - alpha)/V) (D3PM/UDLM)")

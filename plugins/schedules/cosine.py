@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 
 import torch
-from pydantic import BaseModel, ConfigDict
 from torch import Tensor
 
 import ddkit
@@ -32,11 +31,6 @@ class CosineSchedule(ddkit.Schedule):
         return 2.0 / math.pi * torch.asin((1.0 - alpha).clamp(0.0, 1.0))
 
 
-class CosineParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
 @ddkit.hookimpl
 def register_schedules(register):
-    register("cosine", CosineSchedule, params=CosineParams,
-             summary="alpha(t) = 1 - sin(pi t / 2) (MD4 cosine)")
+    register("cosine", CosineSchedule, summary="alpha(t) = 1 - sin(pi t / 2) (MD4 cosine)")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 
 import torch
-from pydantic import BaseModel, ConfigDict, PositiveFloat, model_validator
+from pydantic import PositiveFloat, model_validator
 from torch import Tensor
 
 import ddkit
@@ -25,10 +25,9 @@ import ddkit
 class GeometricSchedule(ddkit.Schedule):
     invertible = True
 
-    def __init__(self, sigma_min: float = 1e-4, sigma_max: float = 20.0):
+    def __init__(self, sigma_min: PositiveFloat = 1e-4, sigma_max: PositiveFloat = 20.0):
         super().__init__()
-        if not 0 < sigma_min < sigma_max:
-            raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+        check_sigmas(sigma_min, sigma_max)
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
         self._log_ratio = math.log(sigma_max / sigma_min)
 
@@ -51,15 +50,17 @@ class GeometricSchedule(ddkit.Schedule):
         return f"sigma_min={self.sigma_min}, sigma_max={self.sigma_max}"
 
 
-class GeometricParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    sigma_min: PositiveFloat = 1e-4
-    sigma_max: PositiveFloat = 20.0
+def check_sigmas(sigma_min: float, sigma_max: float) -> None:
+    if not 0 < sigma_min < sigma_max:
+        raise ValueError(f"sigma_min ({sigma_min}) must be below sigma_max ({sigma_max}), both > 0")
+
+
+class GeometricParams(ddkit.params_model(GeometricSchedule)):
+    # the signature's parameters, and their order checked before the schedule is built
 
     @model_validator(mode="after")
     def _ordered(self):
-        if self.sigma_min >= self.sigma_max:
-            raise ValueError(f"sigma_min ({self.sigma_min}) must be below sigma_max ({self.sigma_max})")
+        check_sigmas(self.sigma_min, self.sigma_max)
         return self
 
 

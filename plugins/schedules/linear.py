@@ -8,7 +8,6 @@ Endpoints :math:`\alpha_0 = 1, \alpha_1 = 0` exactly (no shift); the ELBO weight
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
 from torch import Tensor
 
 import ddkit
@@ -27,10 +26,6 @@ class LinearSchedule(ddkit.Schedule):
         return (1.0 - alpha).clamp(0.0, 1.0)
 
 
-class LinearParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
 @ddkit.hookimpl
 def register_schedules(register):
-    register("linear", LinearSchedule, params=LinearParams, summary="alpha(t) = 1 - t (MD4 linear)")
+    register("linear", LinearSchedule, summary="alpha(t) = 1 - t (MD4 linear)")

@@ -12,8 +12,10 @@ Endpoints :math:`\alpha_0 = 1` and :math:`\alpha_1 = \varepsilon` (default ``1e-
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor
 
 import ddkit
@@ -22,7 +24,7 @@ import ddkit
 class LogLinearSchedule(ddkit.Schedule):
     invertible = True
 
-    def __init__(self, eps: float = 1e-3):
+    def __init__(self, eps: Annotated[float, Field(ge=0.0, lt=1.0)] = 1e-3):
         super().__init__()
         if not 0.0 <= eps < 1.0:
             raise ValueError(f"eps must be in [0, 1), got {eps}")
@@ -44,12 +46,7 @@ class LogLinearSchedule(ddkit.Schedule):
         return f"eps={self.eps}"
 
 
-class LogLinearParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    eps: float = Field(1e-3, ge=0.0, lt=1.0)
-
-
 @ddkit.hookimpl
 def register_schedules(register):
-    register("loglinear", LogLinearSchedule, params=LogLinearParams,
+    register("loglinear", LogLinearSchedule,
              summary="alpha(t) = 1 - (1 - eps) t, sigma = -log alpha (MDLM/SEDD log-linear)")

@@ -9,7 +9,7 @@ schedule. For :math:`k < 1` the derivative is infinite at :math:`t = 0`.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, PositiveFloat
+from pydantic import PositiveFloat
 from torch import Tensor
 
 import ddkit
@@ -18,7 +18,7 @@ import ddkit
 class PolynomialSchedule(ddkit.Schedule):
     invertible = True
 
-    def __init__(self, exponent: float = 2.0):
+    def __init__(self, exponent: PositiveFloat = 2.0):
         super().__init__()
         self.exponent = float(exponent)
 
@@ -35,12 +35,6 @@ class PolynomialSchedule(ddkit.Schedule):
         return f"exponent={self.exponent}"
 
 
-class PolynomialParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    exponent: PositiveFloat = 2.0
-
-
 @ddkit.hookimpl
 def register_schedules(register):
-    register("polynomial", PolynomialSchedule, params=PolynomialParams,
-             summary="alpha(t) = 1 - t^k (MD4 poly)")
+    register("polynomial", PolynomialSchedule, summary="alpha(t) = 1 - t^k (MD4 poly)")
