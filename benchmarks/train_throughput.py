@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from ddkit.config import load_pipeline
+from ddkit.contrib.pipeline_config import load_pipeline
 from ddkit.contrib.pipeline import Pipeline
 from ddkit.contrib.training import Trainer, make_optimizer
 

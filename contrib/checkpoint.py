@@ -11,8 +11,8 @@ on disk or in transfer is refused with the name of the first damaged tensor inst
 wrong weights. The hashes detect corruption, not tampering: whoever can write the file can
 rewrite them. A checkpoint written before the hashes existed loads with a
 :class:`UnverifiedCheckpointWarning`, and the next save of a resumed run adds them. The config
-in the metadata is resolved: load it with :func:`ddkit.config.load_resolved`, which never
-interpolates it again.
+in the metadata is resolved: load it with
+:func:`ddkit.contrib.pipeline_config.load_resolved`, which never interpolates it again.
 
 Saving is atomic: the file is written under a temporary name in the same directory, flushed
 to disk, then moved over the old checkpoint with :func:`os.replace`; an interrupted save

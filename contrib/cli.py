@@ -17,10 +17,11 @@ from pathlib import Path
 import click
 
 import ddkit
-from ddkit.config import ConfigError, load_pipeline, load_resolved, pipeline_json_schema
+from ddkit.config import ConfigError
 
 from .checkpoint import CHECKPOINT_NAME, atomic_write_text, load_checkpoint
 from .pipeline import Pipeline
+from .pipeline_config import load_pipeline, load_resolved, pipeline_json_schema
 from .training import TrainingInterrupted
 
 

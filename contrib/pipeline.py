@@ -1,12 +1,20 @@
 """Building a pipeline's components from its validated config.
 
-:meth:`Pipeline.build` turns a :class:`ddkit.config.PipelineConfig` into the data splits,
-tokenizer, process, network, loss and sampler, passing what the pipeline owns: the
-vocabulary size ``V`` comes from the tokenizer (and must agree with any ``vocab_size``
-written in ``process`` or ``model``), the loss receives the ``process`` and
-``parameterization`` sections, the sampler the ``parameterization``. Mismatches (vocabulary,
-input states, sequence length above the network's maximum, time conditioning) are reported
-as :class:`ddkit.config.ConfigError` before anything is trained.
+:meth:`Pipeline.build` turns a :class:`~ddkit.contrib.pipeline_config.PipelineConfig` into the
+data splits, tokenizer, process, network, loss and sampler, passing what the pipeline owns
+(:data:`~ddkit.contrib.pipeline_config.PIPELINE_PROVIDED`): the vocabulary size ``V`` comes
+from the tokenizer (and must agree with any ``vocab_size`` written in ``process`` or
+``model``); the pipeline builds one process and one parameterization, and the loss and the
+sampler receive those very objects (a sampler whose ``sample`` takes ``parameterization=``
+gets it there as well, :meth:`Pipeline.parameterization_for`). Components that needed the
+fitted vocabulary are validated here, the others were when the config was loaded.
+
+Before anything is trained, these mismatches are reported as
+:class:`ddkit.config.ConfigError`, one line each: vocabulary, input states, sequence length
+above the network's maximum; a model whose time conditioning differs from the
+parameterization's; a sampler whose ``requires`` the process lacks; a sampler that would not
+receive the pipeline's parameterization while that is not the plain default (the mean
+without time conditioning), e.g. a time-conditioned model that would receive ``t = 0``.
 
 :meth:`Pipeline.resolved_config` is the fully resolved config (defaults filled in, ``V``
 written into ``process`` and ``model``, the tokenizer's alphabet written into
@@ -22,10 +30,12 @@ from typing import Any
 import torch
 
 import ddkit
-from ddkit.config import ConfigError, PipelineConfig, load_pipeline
+from ddkit.config import ConfigError, format_parameter_error
 from ddkit.registry import split_spec
 
 from .data import DataSplits, Dataset
+from .pipeline_config import (PIPELINE_PROVIDED, PROVIDED_FROM, SETTABLE, PipelineConfig, check_components,
+                              default_spec, load_pipeline, provided_values, set_components)
 from .tokenizers import Tokenizer
 
 
@@ -39,14 +49,28 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def _accepts(kind: str, name: str, parameter: str) -> bool:
-    return parameter in ddkit.get_registry().get(kind, name).params.model_fields
-
-
-def _with(kind: str, spec: Any, **params: Any) -> dict[str, Any]:
-    """``spec`` plus the pipeline-provided ``params`` that the plugin declares."""
-    name, given = split_spec(spec)
-    return {"name": name, **given, **{k: v for k, v in params.items() if _accepts(kind, name, k)}}
+def build_component(kind: str, spec: Any, values: dict[str, Any], *, where: str) -> Any:
+    """Build a component of the pipeline from its spec, with the ``values`` the pipeline passes
+    to its kind (:func:`~ddkit.contrib.pipeline_config.provided_values`). A parameter the
+    pipeline owns that the spec writes, a parameter the plugin rejects, or a factory's
+    :class:`ValueError` is a :class:`ConfigError` whose lines start with ``where``."""
+    try:
+        name, given = split_spec(spec)
+        record = ddkit.get_registry().get(kind, name)
+    except ddkit.DDKitError as exc:
+        raise ConfigError(f"{where}.name: {exc}") from None
+    owned = [key for key in given if key in PIPELINE_PROVIDED.get(kind, ()) and key not in SETTABLE]
+    if owned:
+        raise ConfigError([f"{where}.{key}: set by {PROVIDED_FROM[key]}; remove it here" for key in owned])
+    try:
+        return ddkit.build(kind, {"name": name, **given, **provided_values(kind, record, values)})
+    except ddkit.ParameterError as exc:
+        own = exc.kind == kind and exc.name == name
+        raise ConfigError(format_parameter_error(exc, where=where) if own else f"{where}: {exc}") from None
+    except ddkit.NumericalError:
+        raise
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 @dataclass
@@ -99,8 +123,12 @@ class Pipeline:
                                   "load the data to fit it")
         V = tokenizer.vocab_size
         config.data.tokenizer = tokenizer.spec()
+        config._checked["data.tokenizer"] = None  # the spec of a built tokenizer
 
-        problems = []
+        # components that needed this vocabulary are validated now (the rest were at load time)
+        problems, checked, vocabulary = check_components(config.model_dump(mode="json"), vocab_size=V,
+                                                         only=config.unchecked(V))
+        set_components(config, checked, vocabulary)
         for section in ("process", "model"):
             name, params = split_spec(getattr(config, section))
             if "vocab_size" in params and params["vocab_size"] != V:
@@ -111,23 +139,59 @@ class Pipeline:
         if problems:
             raise ConfigError(problems)
 
-        process = ddkit.build("process", _with("process", config.process, vocab_size=V))
-        parameterization = ddkit.build("parameterization", config.parameterization)
+        values: dict[str, Any] = {"vocab_size": V}
+        process = values["process"] = build_component("process", config.process, values, where="process")
+        parameterization = values["parameterization"] = build_component(
+            "parameterization", config.parameterization, values, where="parameterization")
         device_ = resolve_device(device or config.train.device)
         torch.manual_seed(config.seed)  # the network's initialisation follows the pipeline's seed
-        model = ddkit.build("model", _with("model", config.model, vocab_size=V))
-        config.process = _with("process", config.process, vocab_size=V)
-        config.model = _with("model", config.model, vocab_size=V)
+        model = build_component("model", config.model, values, where="model")
+        for section in ("process", "model"):  # the resolved config records V
+            name, params = split_spec(getattr(config, section))
+            record = ddkit.get_registry().get(section, name)
+            setattr(config, section, {"name": name, **params, **provided_values(section, record, {"vocab_size": V})})
+        loss = build_component("loss", config.loss, values, where="loss")
+        sampler = build_component("sampler", config.sampler, values, where="sampler")
+        pipeline = cls(config, tokenizer, data, process, parameterization, model, loss, sampler, device_)
         problems = cls._check_model(config, model, process, parameterization)
+        problems += pipeline.sampler_problems(sampler, config.sampler, where="sampler")
         if problems:
             raise ConfigError(problems)
-        loss = ddkit.build("loss", _with("loss", config.loss, process=process,
-                                         parameterization=config.parameterization))
-        sampler = ddkit.build("sampler", _with("sampler", config.sampler,
-                                               parameterization=config.parameterization))
         model.to(device_)
         loss.to(device_)
-        return cls(config, tokenizer, data, process, parameterization, model, loss, sampler, device_)
+        return pipeline
+
+    def make_sampler(self, spec: Any, *, where: str = "sampler") -> ddkit.Sampler:
+        """A sampler for this pipeline (another one than the config's, or other parameters):
+        built with the pipeline's parameterization and checked like the config's sampler."""
+        sampler = build_component("sampler", spec, {"parameterization": self.parameterization}, where=where)
+        problems = self.sampler_problems(sampler, spec, where=where)
+        if problems:
+            raise ConfigError(problems)
+        return sampler
+
+    def sampler_problems(self, sampler: ddkit.Sampler, spec: Any, *, where: str = "sampler") -> list[str]:
+        """What keeps ``sampler`` from sampling this pipeline's model: a process without the
+        capabilities it requires; the pipeline's parameterization, when it is not the plain
+        default, reaching it neither through ``sample(parameterization=...)`` nor through its
+        own ``parameterization`` parameter."""
+        problems = []
+        try:
+            sampler.check_process(self.process)
+        except ValueError as exc:
+            problems.append(f"{where}: {exc}")
+        name, _ = split_spec(spec)
+        declared = "parameterization" in ddkit.get_registry().get("sampler", name).params.model_fields
+        if not declared and self.parameterization_for(sampler) is None:
+            default = ddkit.build("parameterization", default_spec(("parameterization",)))
+            if self.parameterization.time_conditioning:
+                problems.append(f"{where}: sampler {name!r} does not take the pipeline's parameterization; "
+                                f"a time-conditioned model would receive t = 0")
+            elif type(self.parameterization) is not type(default):
+                pname, _ = split_spec(self.config.parameterization)
+                problems.append(f"{where}: sampler {name!r} does not take the pipeline's parameterization "
+                                f"{pname!r}; it would read the model's outputs through its own")
+        return problems
 
     @staticmethod
     def _check_model(config: PipelineConfig, model: torch.nn.Module, process: ddkit.Process,
@@ -151,9 +215,11 @@ class Pipeline:
                 problems.append(f"sample.length: {length} is above model.max_seq_len={max_len}")
         model_tc = getattr(model, "time_conditioning", None)
         if model_tc is not None and model_tc != parameterization.time_conditioning:
+            effect = ("the network would receive t = 0" if model_tc else
+                      "the network would ignore the time it is given")
             problems.append(
                 f"model.time_conditioning: {model_tc} but parameterization.time_conditioning is "
-                f"{parameterization.time_conditioning}; set both to the same value")
+                f"{parameterization.time_conditioning} ({effect}); set both to the same value")
         return problems
 
     def parameterization_for(self, sampler: ddkit.Sampler) -> ddkit.Parameterization | None:
@@ -171,10 +237,10 @@ class Pipeline:
         the given time sampling."""
         spec = self.config.loss if discrete_steps is None else {"name": "discrete_elbo", "num_steps": discrete_steps}
         name, params = split_spec(spec)
-        if time_sampling is not None and _accepts("loss", name, "time_sampling"):
+        if time_sampling is not None and "time_sampling" in ddkit.get_registry().get("loss", name).params.model_fields:
             params["time_sampling"] = time_sampling
-        loss = ddkit.build("loss", _with("loss", {"name": name, **params}, process=self.process,
-                                         parameterization=self.config.parameterization))
+        values = {"process": self.process, "parameterization": self.parameterization}
+        loss = build_component("loss", {"name": name, **params}, values, where="loss")
         return loss.to(self.device)  # a learnable schedule is shared through self.process
 
     def autocast(self) -> torch.autocast:

@@ -25,12 +25,13 @@ from typing import Any
 import torch
 
 import ddkit
-from ddkit.config import ConfigError, PipelineConfig, load_resolved, parse_override, to_yaml
+from ddkit.config import ConfigError, apply_overrides, to_yaml
 from ddkit.registry import split_spec
 
 from .checkpoint import CHECKPOINT_NAME, Checkpoint, atomic_write_text, load_checkpoint
 from .evaluate import estimate_elbo
-from .pipeline import AutocastDenoiser, Pipeline, _with
+from .pipeline import AutocastDenoiser, Pipeline
+from .pipeline_config import PipelineConfig, load_resolved
 from .sampling import Samples, draw_samples
 from .training import TrainResult, train_pipeline
 
@@ -69,18 +70,12 @@ def load_run(source: str | Path, *, load_data: bool = False, device: str | None 
 
 
 def make_sampler(pipeline: Pipeline, name: str | None = None, params: list[str] | tuple[str, ...] = ()) -> tuple[ddkit.Sampler, dict]:
-    """The pipeline's sampler, or sampler ``name``, with ``key=value`` parameter overrides."""
+    """The pipeline's sampler, or sampler ``name``, with ``key.path=value`` parameter overrides
+    (``-p``), built and checked like a pipeline's sampler (:meth:`Pipeline.make_sampler`)."""
     base_name, base_params = split_spec(pipeline.config.sampler)
     spec = {"name": base_name, **base_params} if name in (None, base_name) else {"name": name}
-    for text in params:
-        key, value = parse_override(text)
-        spec[key] = value
-    spec.pop("parameterization", None)
-    try:
-        sampler = ddkit.build("sampler", _with("sampler", spec, parameterization=pipeline.config.parameterization))
-    except (ddkit.UnknownComponentError, ddkit.ParameterError) as exc:
-        raise ConfigError(f"sampler: {exc}") from None
-    return sampler, spec
+    spec = apply_overrides(spec, params)
+    return pipeline.make_sampler(spec, where="sampler"), spec
 
 
 def evaluate_pipeline(pipeline: Pipeline, *, split: str | None = None, time_samples: int | None = None,

@@ -41,12 +41,13 @@ import torch
 from tqdm.auto import tqdm
 
 from ddkit import DDKitError, NumericalError
-from ddkit.config import TrainConfig, to_yaml
+from ddkit.config import to_yaml
 
 from .checkpoint import (CHECKPOINT_NAME, CheckpointError, atomic_write_text, load_checkpoint, optimizer_state,
                          save_checkpoint, temporaries)
 from .metrics import MetricsLog, plot_metrics
 from .pipeline import Pipeline
+from .pipeline_config import TrainConfig
 
 #: sections that must not change when a run is resumed
 FROZEN_SECTIONS = ("seed", "data", "model", "process", "parameterization", "loss")

@@ -24,7 +24,16 @@ class UnknownComponentError(DDKitError, LookupError):
 
 
 class ParameterError(DDKitError, ValueError):
-    """A component's parameters failed validation against its parameter model."""
+    """A component's parameters failed validation against its parameter model.
+
+    ``kind`` and ``name`` say which component, ``params`` is its parameter model and
+    ``errors`` pydantic's errors, so that a config can report each one at its dotted path
+    (:func:`ddkit.config.format_validation_error`)."""
+
+    def __init__(self, message: str, *, kind: str | None = None, name: str | None = None,
+                 params: type | None = None, errors: Exception | None = None):
+        super().__init__(message)
+        self.kind, self.name, self.params, self.errors = kind, name, params, errors
 
 
 class NumericalError(DDKitError, ValueError):

@@ -8,11 +8,13 @@ calls it once per component::
 
     @ddkit.hookimpl
     def register_schedules(register):
-        register("my-schedule", MySchedule, params=MyScheduleParams,
-                 summary="alpha(t) = 1 - t^3")
+        register("my-schedule", MySchedule, summary="alpha(t) = 1 - t^3")
 
-Built-in components are registered through exactly these hooks, found through the
-``ddkit`` entry-point group like any third-party distribution.
+``register(name, factory, *, params=None, summary="")``: the component's parameters are those
+of the factory's signature (:func:`ddkit.params_model`); an explicit pydantic ``params``
+model must agree with that signature (same names and defaults), else the component is
+skipped with a warning. Built-in components are registered through exactly these hooks,
+found through the ``ddkit`` entry-point group like any third-party distribution.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ KINDS = (
 
 @hookspec
 def register_schedules(register):
-    """Register :class:`ddkit.Schedule` factories: ``register(name, factory, params=, summary=)``."""
+    """Register :class:`ddkit.Schedule` factories: ``register(name, factory, summary=)``."""
 
 
 @hookspec

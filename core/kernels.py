@@ -337,8 +337,8 @@ def resolve(backend: str, op: str, device: torch.device | str) -> KernelBackend:
         backend = os.environ.get(BACKEND_ENV, "").strip() or AUTO
     registry = get_registry()
     cache = _RESOLVED.setdefault(registry, {})
-    # plugins added to a loaded registry change its record count and invalidate the cache
-    key = (backend, op, device_type, len(registry._records), len(registry._conflicts))
+    # plugins added to a loaded registry bump its revision and invalidate the cache
+    key = (backend, op, device_type, registry.revision)
     if key not in cache:
         cache[key] = _resolve(registry, backend, op, torch.device(device_type))
     return cache[key]

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ddkit.config import load_pipeline
+from ddkit.contrib.pipeline_config import load_pipeline
 from ddkit.contrib import checkpoint as ckpt_module
 from ddkit.contrib.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ddkit.contrib.pipeline import Pipeline

@@ -3,8 +3,10 @@
 import json
 from pathlib import Path
 
+import torch
 from click.testing import CliRunner
 
+import ddkit
 from ddkit.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,3 +72,50 @@ def test_missing_pipeline_file_and_missing_run():
     assert result.exit_code == 2 and "give a pipeline file" in result.output
     result = invoke("sample")
     assert result.exit_code == 2 and "exactly one of --run DIR or --ckpt FILE" in result.output
+
+
+def test_config_validate_catches_what_training_would_find_later():
+    small = "data.dataset.train_sequences=100"
+    result = invoke("config", "validate", MARKOV, small, "process=uniform", "sampler=first_hitting")
+    assert result.exit_code == 2
+    assert "sampler: sampler FirstHittingSampler needs a process with ['absorbing']; UniformProcess has none" \
+        in result.output
+    result = invoke("config", "validate", MARKOV, small, "model.time_conditioning=true")
+    assert result.exit_code == 2
+    assert ("model.time_conditioning: True but parameterization.time_conditioning is False (the network would "
+            "receive t = 0); set both to the same value") in result.output
+
+
+class LegacySampler(ddkit.Sampler):
+    """A third-party sampler written against the earlier protocol: its own ``sample`` without
+    ``parameterization=`` and no ``parameterization`` parameter."""
+
+    requires = frozenset({"absorbing"})
+
+    def sample(self, denoiser, process, *, num_samples=None, length=None, prompt=None, generator=None,
+               device=None, record_trajectory=False):
+        x, fixed = self.initial_state(process, num_samples=num_samples, length=length, prompt=prompt,
+                                      generator=generator, device=device)
+        x = torch.where(fixed, x, 0)
+        return ddkit.SampleResult(tokens=x, nfe=0, steps=0, fixed=fixed)
+
+
+class LegacyPlugin:
+    @ddkit.hookimpl
+    def register_samplers(self, register):
+        register("legacy", LegacySampler, summary="earlier protocol")
+
+
+def test_config_validate_catches_a_sampler_without_the_pipelines_parameterization():
+    ddkit.get_registry().add_plugin(LegacyPlugin(), name="test:legacy", source="test")
+    try:
+        small = "data.dataset.train_sequences=100"
+        result = invoke("config", "validate", MARKOV, small, "sampler=legacy")
+        assert result.exit_code == 0, result.output  # the plain default parameterization: nothing lost
+        result = invoke("config", "validate", MARKOV, small, "sampler=legacy", "model.time_conditioning=true",
+                        "parameterization.time_conditioning=true")
+        assert result.exit_code == 2
+        assert ("sampler: sampler 'legacy' does not take the pipeline's parameterization; a time-conditioned "
+                "model would receive t = 0") in result.output
+    finally:
+        ddkit.reset_registry()

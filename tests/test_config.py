@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from ddkit.config import ConfigError, load_pipeline, parse_override, pipeline_json_schema
+from ddkit.config import ConfigError, parse_override
+from ddkit.contrib.pipeline_config import load_pipeline, pipeline_json_schema
 
 PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
 
@@ -65,7 +66,7 @@ BROKEN = [
     ("model.name=ditt", ["model.name: no model named 'ditt'", "installed: dit", "Did you mean 'dit'?"]),
     ("sampler={name: ancestrl}", ["sampler.name: no sampler named 'ancestrl'", "first_hitting",
                                   "Did you mean 'ancestral'?"]),
-    ("process.schedule=cosin", ["process.schedule", "no schedule named 'cosin'", "Did you mean 'cosine'?"]),
+    ("process.schedule=cosin", ["process.schedule.name: no schedule named 'cosin'", "Did you mean 'cosine'?"]),
     ("data.dataset.name=markv", ["data.dataset.name: no dataset named 'markv'", "pydoc_topics",
                                  "Did you mean 'markov'?"]),
     # missing required values
@@ -86,6 +87,13 @@ BROKEN = [
     ("train.device=gpu", ["train.device:", "pattern", "'gpu'"]),
     ("loss.t_min=1.5", ["loss.t_min (loss 'continuous_elbo'):", "less than 1", "1.5"]),
     ("sample.prompt=ab", None),  # valid on its own ...
+    # inside a nested component: the same one-line format, at the nested path
+    ("process.schedule={name: polynomial, exponent: -1}",
+     ["process.schedule.exponent (schedule 'polynomial'):", "greater than 0", "(got -1)"]),
+    ("process.schedule={name: polynomial, expnent: 2}",
+     ["process.schedule.expnent (schedule 'polynomial'): unknown key (got 2); did you mean 'exponent'?"]),
+    ("process.schedule.exponent=2", ["process.schedule.exponent (schedule 'linear'): unknown key (got 2)",
+                                     "takes no parameters"]),
 ]
 
 
@@ -94,6 +102,31 @@ BROKEN = [
 def test_broken_config_messages(override, fragments):
     lines = problems([override])
     assert any(all(f in line for f in fragments) for line in lines), lines
+
+
+def test_nested_component_problems_are_single_lines():
+    lines = problems(["process.schedule=polynomial", "process.schedule.exponent=-1"])
+    assert lines == ["process.schedule.exponent (schedule 'polynomial'): Input should be greater than 0 (got -1)"]
+    lines = problems(["loss.parameterization.time_conditioning=maybe"])
+    assert lines == ["loss.parameterization: set by the pipeline from its 'parameterization' section; "
+                     "remove it here (got {'time_conditioning': 'maybe'})"]
+    lines = problems(["parameterization.time_conditioning=maybe"])
+    assert lines == ["parameterization.time_conditioning (parameterization 'mean'): Input should be a valid "
+                     "boolean, unable to interpret input (got 'maybe')"]
+
+
+UNIFORM_RATES = [[-3.0 if i == j else 1.0 for j in range(4)] for i in range(4)]
+
+
+def test_matrix_process_with_custom_rates_gets_the_data_vocabulary():
+    # the vocabulary (4 symbols of the Markov chain) is known from the file: validated at load time
+    cfg = with_(["data.dataset.vocab_size=4", f"process={{name: matrix, generator: custom, rates: {UNIFORM_RATES}}}"])
+    assert cfg.process["rates"] == UNIFORM_RATES and "vocab_size" not in cfg.process
+    # ... and a matrix of the wrong size is measured against that vocabulary (5 symbols), not a placeholder
+    lines = problems([f"process={{name: matrix, generator: custom, rates: {UNIFORM_RATES}}}"])
+    assert len(lines) == 1 and lines[0].startswith(
+        "process (process 'matrix'): rates must be 5 x 5 (one state per token) or 6 x 6 (with an absorbing "
+        "extra state), got 4 x 4"), lines
 
 
 def test_all_problems_are_reported_together():

@@ -18,10 +18,11 @@ from hypothesis import strategies as st
 from omegaconf import OmegaConf
 from omegaconf.basecontainer import BaseContainer
 
-from ddkit.config import ConfigError, load_pipeline, load_resolved, to_yaml
+from ddkit.config import ConfigError, to_yaml
 from ddkit.config.interpolation import resolve_interpolations
 from ddkit.contrib.checkpoint import load_checkpoint, save_checkpoint
 from ddkit.contrib.pipeline import Pipeline
+from ddkit.contrib.pipeline_config import load_pipeline, load_resolved
 from ddkit.contrib.runner import load_run
 from pipeline_helpers import TINY, invoke
 

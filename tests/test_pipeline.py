@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from ddkit.config import load_pipeline
+from ddkit.contrib.pipeline_config import load_pipeline
 from ddkit.contrib.evaluate import estimate_elbo
 from ddkit.contrib.pipeline import Pipeline
 from ddkit.contrib.runner import run_pipeline
@@ -63,6 +63,21 @@ def test_sample_command_with_prompt_infill_and_other_sampler(run_dir, tmp_path):
     assert data["nfe"] == 2  # first-hitting: one call per generated token
     bad = invoke("sample", "--run", run_dir, "--sampler", "ancestal")
     assert bad.exit_code == 2 and "Did you mean 'ancestral'?" in bad.output
+
+
+def test_sample_parameters_are_checked_like_the_config(run_dir):
+    def error_lines(*params):
+        result = invoke("sample", "--run", run_dir, "--no-show", *[a for p in params for a in ("-p", p)])
+        assert result.exit_code == 2, result.output
+        return [line.strip() for line in result.output.splitlines()[1:]]
+
+    assert error_lines("temperature=-1") == [
+        "- sampler.temperature (sampler 'ancestral'): Input should be greater than or equal to 0 (got -1)"]
+    [line] = error_lines("tempreature=0.5")
+    assert line.startswith("- sampler.tempreature (sampler 'ancestral'): unknown key (got 0.5); "
+                           "did you mean 'temperature'?")
+    assert error_lines("parameterization={name: score}") == [
+        "- sampler.parameterization: set by the pipeline from its 'parameterization' section; remove it here"]
 
 
 def test_same_seed_same_samples(run_dir, tmp_path):

@@ -2,15 +2,24 @@
 
 import importlib
 import json
-import textwrap
 import types
+import typing
 import warnings
+from importlib import metadata
+from pathlib import Path
+from typing import Annotated
 
 import pytest
 from click.testing import CliRunner
+from pydantic import BaseModel, ConfigDict, Field
 
 import ddkit
 from ddkit.cli import main as cli
+from ddkit.params import parameter_names, signature_defaults
+from pipeline_helpers import invoke
+from plugin_helpers import install_broken_distribution, install_distribution, write_module
+
+ROOT = Path(__file__).resolve().parents[1]
 
 REQUIRED = {
     ("process", "masked"),
@@ -87,38 +96,135 @@ def test_nested_component_parameters_are_validated():
     assert ddkit.build("process", "masked", vocab_size=3, schedule=built).schedule is built
 
 
-def test_duplicate_names_name_both_sources():
+def built_schedule_plugin(name, component, schedule_class):
+    def register_schedules(register):
+        register(component, schedule_class, summary=f"from {name}")
+
+    return make_plugin(name, register_schedules=register_schedules)
+
+
+class Cubic(ddkit.Schedule):
+    def alpha(self, t):
+        return 1 - t**3
+
+    def alpha_prime(self, t):
+        return -3 * t**2
+
+
+class Quadratic(Cubic):
+    def alpha(self, t):
+        return 1 - t**2
+
+
+def test_a_name_clash_keeps_both_components_selectable_by_qualified_name():
     registry = ddkit.Registry(strict=False, autoload=False)
-    registry.add_plugin(schedule_plugin("first"), name="first", source="dist-one")
-    with pytest.warns(ddkit.PluginWarning, match="dist-one.*dist-two"):
-        registry.add_plugin(schedule_plugin("second"), name="second", source="dist-two")
-    with pytest.raises(ddkit.DuplicateComponentError, match="'dist-one'.*'dist-two'"):
-        registry.get("schedule", "linear")
+    registry.add_plugin(built_schedule_plugin("second", "curve", Quadratic), name="second", source="dist-two")
+    with pytest.warns(ddkit.PluginWarning, match="'dist-one'.*'dist-two'.*selects 'dist-one:curve'"):
+        registry.add_plugin(built_schedule_plugin("first", "curve", Cubic), name="first", source="dist-one")
+    # the plain name: distributions in alphabetical order, whatever the loading order
+    assert isinstance(registry.build("schedule", "curve"), Cubic)
+    assert isinstance(registry.build("schedule", "dist-two:curve"), Quadratic)
+    assert isinstance(registry.build("schedule", {"name": "dist-one:curve"}), Cubic)
+    assert isinstance(registry.build("schedule", "Dist_Two:curve"), Quadratic)  # normalised like pip
+    assert [r.qualified_name for r in registry.records("schedule")] == ["dist-one:curve", "dist-two:curve"]
+    assert registry.names("schedule") == ["curve"]
+    with pytest.raises(ddkit.UnknownComponentError, match="provided by 'dist-one:curve', 'dist-two:curve'"):
+        registry.get("schedule", "dist-three:curve")
     strict = ddkit.Registry(strict=True, autoload=False)
     strict.add_plugin(schedule_plugin("first"), name="first", source="dist-one")
     with pytest.raises(ddkit.DuplicateComponentError, match="dist-two"):
         strict.add_plugin(schedule_plugin("second"), name="second", source="dist-two")
 
 
-def test_hook_matching_no_spec_is_an_error():
+def test_a_builtin_name_reregistered_by_a_plugin_still_selects_the_builtin():
+    registry = ddkit.Registry(autoload=False).load_entry_points()
+    builtin = registry.get("sampler", "ancestral")
+
+    class Impostor(ddkit.Sampler):
+        def sample(self, *args, **kwargs):
+            raise RuntimeError("not the built-in")
+
+    def register_samplers(register):
+        register("ancestral", Impostor, summary="re-registers a built-in name")
+
+    with pytest.warns(ddkit.PluginWarning, match="selects 'ddkit:ancestral'.*'aaa-plugin:ancestral'"):
+        registry.add_plugin(make_plugin("impostor", register_samplers=register_samplers),
+                            name="impostor", source="aaa-plugin")  # first by name, still loses
+    assert registry.get("sampler", "ancestral") is builtin
+    assert registry.get("sampler", "ddkit:ancestral") is builtin
+    assert registry.get("sampler", "aaa-plugin:ancestral").factory is Impostor
+    record, params = registry.validate("sampler", {"name": "ddkit:ancestral", "steps": 4})
+    assert record is builtin and params.steps == 4
+    with pytest.raises(ddkit.ParameterError, match="steps"):
+        registry.validate("sampler", {"name": "ddkit:ancestral", "steps": 0})
+    assert not isinstance(registry.build("sampler", "ancestral"), Impostor)
+
+
+def test_qualified_names_in_a_pipeline_file(tmp_path):
+    text = (ROOT / "pipelines" / "markov.yaml").read_text()
+    for plain, qualified in [("sampler: {name: ancestral,", 'sampler: {name: "ddkit:ancestral",'),
+                             ("schedule: linear}", 'schedule: "ddkit:linear"}')]:
+        assert plain in text
+        text = text.replace(plain, qualified)
+    path = tmp_path / "qualified.yaml"
+    path.write_text(text)
+    result = invoke("config", "show", "--json", "--no-data", path)
+    assert result.exit_code == 0, result.output
+    resolved = json.loads(result.stdout)
+    assert resolved["sampler"]["name"] == "ddkit:ancestral" and resolved["sampler"]["steps"] == 32
+    assert resolved["process"]["schedule"] in ("ddkit:linear", {"name": "ddkit:linear"})
+    result = invoke("config", "validate", "--no-data", path, "sampler.name=nope:ancestral")
+    assert result.exit_code == 2
+    assert "sampler.name" in result.output and "no sampler 'ancestral' from distribution 'nope'" in result.output
+
+
+def test_a_distribution_registering_one_name_twice_keeps_the_first():
+    registry = ddkit.Registry(autoload=False)
+    registry.add_plugin(built_schedule_plugin("a", "curve", Cubic), name="a", source="dist")
+    with pytest.warns(ddkit.PluginWarning, match="registered twice by distribution 'dist'.*first is kept"):
+        registry.add_plugin(built_schedule_plugin("b", "curve", Quadratic), name="b", source="dist")
+    assert registry.get("schedule", "dist:curve").factory is Cubic
+
+
+def test_a_component_name_cannot_contain_the_qualifier():
+    with pytest.warns(ddkit.PluginWarning, match="named 'a:b'"):
+        registry = ddkit.Registry(autoload=False).add_plugin(schedule_plugin("p", "a:b"), name="p", source="d")
+    assert registry.names("schedule") == []
+
+
+def test_a_hook_matching_no_spec_is_skipped_with_a_warning_and_strict_makes_it_an_error():
     def register_schedulez(register):
         pass
 
-    registry = ddkit.Registry(autoload=False)
-    with pytest.raises(ddkit.PluginValidationError, match="typo-plugin.*register_schedulez"):
-        registry.add_plugin(make_plugin("typo", register_schedulez=register_schedulez),
-                            name="typo-plugin", source="typo-dist")
+    registry = ddkit.Registry(strict=False, autoload=False)
+    registry.add_plugin(schedule_plugin("fine", "fine-schedule"), name="fine", source="fine-dist")
+    typo = make_plugin("typo", register_schedulez=register_schedulez)
+    with pytest.warns(ddkit.PluginWarning, match="typo-plugin.*typo-dist.*register_schedulez"):
+        registry.add_plugin(typo, name="typo-plugin", source="typo-dist")
+    assert registry.names("schedule") == ["fine-schedule"]
 
     def register_samplers(register, extra):  # an argument the spec does not have
-        pass
+        register("extra-sampler", object)
 
+    bad_args = make_plugin("args", register_samplers=register_samplers)
+    with pytest.warns(ddkit.PluginWarning, match="bad-args.*extra"):
+        registry.add_plugin(bad_args, name="bad-args", source="dist")
+    assert registry.names("sampler") == []
+    with pytest.raises(ddkit.UnknownComponentError, match="bad-args.*invalid") as err:
+        registry.get("sampler", "extra-sampler")
+    assert "Did you mean" not in str(err.value)
+    assert registry.get("schedule", "fine-schedule").source == "fine-dist"  # the others keep working
+
+    strict = ddkit.Registry(strict=True, autoload=False)
+    with pytest.raises(ddkit.PluginValidationError, match="typo-plugin.*register_schedulez"):
+        strict.add_plugin(typo, name="typo-plugin", source="typo-dist")
     with pytest.raises(ddkit.PluginValidationError, match="bad-args"):
-        registry.add_plugin(make_plugin("args", register_samplers=register_samplers),
-                            name="bad-args", source="dist")
+        strict.add_plugin(bad_args, name="bad-args", source="dist")
 
 
 def test_a_hook_that_raises_is_a_warning_and_strict_makes_it_an_error():
     def register_samplers(register):
+        register("my-sampler", object)
         raise RuntimeError("boom")
 
     registry = ddkit.Registry(autoload=False)
@@ -127,10 +233,124 @@ def test_a_hook_that_raises_is_a_warning_and_strict_makes_it_an_error():
         registry.add_plugin(make_plugin("broken", register_samplers=register_samplers),
                             name="broken-plugin", source="broken-dist")
     assert registry.names("schedule") == ["fine-schedule"]
+    # a lookup of a name the failed hook registers says why it is missing, not a close name
+    registry.add_plugin(schedule_plugin("samplers", "my-samplers"), name="samplers", source="other")
+    with pytest.raises(ddkit.UnknownComponentError,
+                       match="no usable sampler named 'my-sampler': plugin 'broken-plugin'.*register_samplers.*boom") as err:
+        registry.get("sampler", "my-sampler")
+    assert "Did you mean" not in str(err.value)
+    with pytest.raises(ddkit.UnknownComponentError, match="Did you mean 'fine-schedule'") as err:
+        registry.get("schedule", "fine-schedul")  # the failure was in another kind
+    assert "boom" not in str(err.value)
     strict = ddkit.Registry(strict=True, autoload=False)
     with pytest.raises(ddkit.PluginError, match="boom"):
         strict.add_plugin(make_plugin("broken", register_samplers=register_samplers),
                           name="broken-plugin", source="broken-dist")
+
+
+def test_a_hook_that_raises_registers_none_of_its_components():
+    def register_schedules(register):
+        register("first-half", lambda: None)
+        raise RuntimeError("halfway")
+
+    with pytest.warns(ddkit.PluginWarning, match="halfway"):
+        registry = ddkit.Registry(autoload=False).add_plugin(
+            make_plugin("half", register_schedules=register_schedules), name="half", source="half-dist")
+    assert registry.names("schedule") == []
+
+
+class Decay(ddkit.Schedule):
+    def __init__(self, rate: Annotated[float, Field(gt=0)] = 2.0, floor: float = 0.0):
+        super().__init__()
+        self.rate, self.floor = rate, floor
+
+    def alpha(self, t):
+        return (1 - t) ** self.rate
+
+    def alpha_prime(self, t):
+        return -self.rate * (1 - t) ** (self.rate - 1)
+
+
+def params_class(**fields):
+    return type("DecayParams", (BaseModel,), {
+        "model_config": ConfigDict(extra="forbid"),
+        "__annotations__": {name: float for name in fields},
+        **{name: default for name, default in fields.items() if default is not ...}})
+
+
+@pytest.mark.parametrize("fields,problem", [
+    ({"rate": 3.0, "floor": 0.0}, "'rate' defaults to 3.0 in the params model but to 2.0 in the factory"),
+    ({"rate": 2.0}, "parameter 'floor' of the factory is not a field"),
+    ({"rate": 2.0, "floor": 0.0, "ceiling": 1.0}, "field 'ceiling' of the params model is not a parameter"),
+])
+def test_a_params_model_that_disagrees_with_its_factory_is_reported_at_registration(fields, problem):
+    model = params_class(**fields)
+
+    def register_schedules(register):
+        register("decay", Decay, params=model)
+        register("cubic", Cubic)
+
+    plugin = make_plugin("decay", register_schedules=register_schedules)
+    with pytest.warns(ddkit.PluginWarning, match=r"schedule 'decay' \(plugin 'decay-plugin', distribution "
+                                                 r"'decay-dist'\) was skipped: .*" + problem):
+        registry = ddkit.Registry(autoload=False).add_plugin(plugin, name="decay-plugin", source="decay-dist")
+    assert registry.names("schedule") == ["cubic"]  # the component is skipped, not the hook
+    with pytest.raises(ddkit.UnknownComponentError, match=problem):
+        registry.get("schedule", "decay")
+    with pytest.raises(ddkit.PluginError, match=problem):
+        ddkit.Registry(strict=True, autoload=False).add_plugin(plugin, name="decay-plugin", source="decay-dist")
+
+
+def test_a_params_model_that_agrees_with_its_factory_is_accepted():
+    def register_schedules(register):
+        register("decay", Decay, params=params_class(rate=..., floor=0.0))  # stricter: rate required
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        registry = ddkit.Registry(autoload=False).add_plugin(
+            make_plugin("decay", register_schedules=register_schedules), name="decay", source="dist")
+    assert registry.build("schedule", "decay", rate=3.0).rate == 3.0
+
+
+def test_a_factory_returning_the_wrong_kind_of_object_is_reported_by_build():
+    def register_samplers(register):
+        register("no-sample", lambda steps=4: object(), summary="returns an object without sample()")
+
+    def register_processes(register):
+        register("not-a-process", lambda vocab_size: ddkit.build("schedule", "linear"))
+
+    registry = ddkit.Registry(autoload=False).add_plugin(
+        make_plugin("wrong", register_samplers=register_samplers, register_processes=register_processes),
+        name="wrong-plugin", source="wrong-dist")
+    with pytest.raises(ddkit.PluginError, match=r"sampler 'no-sample' from plugin 'wrong-plugin' "
+                                                r"\(distribution 'wrong-dist'\).*without sample; expected a ddkit.Sampler"):
+        registry.build("sampler", "no-sample")
+    with pytest.raises(ddkit.PluginError, match="LinearSchedule without .*expected a ddkit.Process"):
+        registry.build("process", "not-a-process", vocab_size=3)
+
+
+def test_every_component_declares_each_parameter_once_and_its_model_agrees():
+    """The params model of every installed component has the factory's parameters and
+    defaults, and the factory's annotations resolve (else the derived model checks nothing)."""
+    for record in ddkit.list_components():
+        fields = record.params.model_fields
+        where = f"{record.kind} {record.name}"
+        assert list(fields) == parameter_names(record.factory), where
+        for name, default in signature_defaults(record.factory).items():
+            assert fields[name].is_required() or fields[name].get_default(call_default_factory=True) == default, \
+                f"{where}: {name}"
+        init = record.factory.__init__ if isinstance(record.factory, type) else record.factory
+        typing.get_type_hints(init, include_extras=True)
+
+
+def test_builtin_modules_are_found_without_one_entry_point_each():
+    ours = [ep for ep in metadata.entry_points(group="ddkit") if ep.dist is not None and ep.dist.name == "ddkit"]
+    assert sorted((ep.name, ep.value) for ep in ours) == [("contrib", "ddkit.contrib"), ("plugins", "ddkit.plugins")]
+    registry = ddkit.get_registry()
+    plugins = {r.plugin for r in registry.records()}
+    assert {"ddkit.plugins.samplers.ancestral", "ddkit.plugins.schedules.cosine",
+            "ddkit.contrib.models.dit", "ddkit.contrib.data.markov"} <= plugins
+    assert registry.problems == []
 
 
 def test_params_must_be_a_pydantic_model():
@@ -147,34 +367,99 @@ def test_params_must_be_a_pydantic_model():
 
 @pytest.fixture
 def fake_distribution(tmp_path, monkeypatch):
-    """A distribution on sys.path with one good and one broken entry point in group 'ddkit'."""
-    dist = tmp_path / "fakeplug-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fakeplug\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(
-        "[ddkit]\ngood = fakeplug_good\nbroken = fakeplug_broken\n")
-    (tmp_path / "fakeplug_broken.py").write_text("raise ImportError('missing dependency xyz')\n")
-    (tmp_path / "fakeplug_good.py").write_text(textwrap.dedent("""
-        import ddkit
-        from pydantic import BaseModel
+    """An installed distribution on sys.path, ``fakeplug``, with one good and one broken
+    entry point in group 'ddkit'."""
+    install_distribution(tmp_path, "fakeplug", {"good": "fakeplug_good", "broken": "fakeplug_broken"}, {
+        "fakeplug_broken": "raise ImportError('missing dependency xyz')\n",
+        "fakeplug_good": """
+            import torch
 
-        @ddkit.hookimpl
-        def register_schedules(register):
-            register("fake-linear", lambda: "built", summary="from a fake distribution")
-    """))
+            class FakeLinear(ddkit.Schedule):
+                def alpha(self, t):
+                    return 1 - t
+
+                def alpha_prime(self, t):
+                    return -torch.ones_like(t)
+
+            @ddkit.hookimpl
+            def register_schedules(register):
+                register("fake-linear", FakeLinear, summary="from a fake distribution")
+        """})
     monkeypatch.syspath_prepend(str(tmp_path))
     importlib.invalidate_caches()
-    yield
+    yield tmp_path
+
+
+@pytest.fixture
+def broken_distribution(fake_distribution):
+    """``fakeplug``, and ``broken-plugins`` with the usual mistakes: hook name and argument
+    typos, a missing dependency, built-in names registered again."""
+    install_broken_distribution(fake_distribution)
+    importlib.invalidate_caches()
+    yield fake_distribution
 
 
 def test_import_failure_is_a_warning_naming_the_plugin(fake_distribution):
-    with pytest.warns(ddkit.PluginWarning, match="'broken' from distribution 'fakeplug'.*xyz"):
+    with pytest.warns(ddkit.PluginWarning, match="'fakeplug:broken' from distribution 'fakeplug'.*xyz"):
         registry = ddkit.Registry(strict=False, autoload=True).load_entry_points()
     assert registry.get("schedule", "fake-linear").source == "fakeplug"
-    assert registry.build("schedule", "fake-linear") == "built"
+    assert type(registry.build("schedule", "fake-linear")).__name__ == "FakeLinear"
     assert registry.get("process", "masked").source == "ddkit"  # everything else still works
     with pytest.raises(ddkit.PluginError, match="xyz"):
         ddkit.Registry(strict=True, autoload=True).load_entry_points()
+
+
+def test_an_installed_broken_distribution_breaks_nothing_else(broken_distribution):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        registry = ddkit.Registry(strict=False, autoload=True).load_entry_points()
+    messages = [str(w.message) for w in caught if issubclass(w.category, ddkit.PluginWarning)]
+    for plugin, why in [("typo_hook_name", "register_sampler"), ("typo_hook_args", "regster"),
+                        ("missing_dependency", "a_dependency_that_is_not_installed"),
+                        ("clash", "selects 'ddkit:ancestral'")]:
+        assert any(f"broken-plugins:{plugin}" in m for m in messages if why in m), (plugin, messages)
+    assert registry.problems == messages
+    assert registry.get("sampler", "ancestral").source == "ddkit"
+    assert registry.get("sampler", "broken-plugins:ancestral").source == "broken-plugins"
+    assert registry.get("schedule", "linear").source == "ddkit"
+    for kind, name, why in [("sampler", "needs-dependency", "failed to import.*a_dependency_that_is_not_installed"),
+                            ("sampler", "typo-hook-sampler", "unknown hook 'register_sampler'"),
+                            ("schedule", "typo-args-schedule", "regster")]:
+        with pytest.raises(ddkit.UnknownComponentError, match=f"no usable {kind} named '{name}': .*{why}") as err:
+            registry.get(kind, name)
+        assert "Did you mean" not in str(err.value)
+    with pytest.raises(ddkit.UnknownComponentError, match="Did you mean 'ancestral'") as err:
+        registry.get("sampler", "ancestrl")  # a plain typo: no failed plugin declares that name
+    assert "failed" not in str(err.value)
+    assert type(registry.build("schedule", "fake-linear")).__name__ == "FakeLinear"
+    with pytest.raises(ddkit.PluginError):
+        ddkit.Registry(strict=True, autoload=True).load_entry_points()
+
+
+def test_an_entry_point_naming_a_package_registers_its_public_modules(tmp_path, monkeypatch):
+    def schedule_module(name):
+        return f"""
+            @ddkit.hookimpl
+            def register_schedules(register):
+                register("{name}", lambda: None, summary="{name}")
+        """
+    install_distribution(tmp_path, "layered", {"all": "layered"}, {
+        "layered/__init__": "", "layered/first": schedule_module("first"),
+        "layered/_private": schedule_module("private"), "layered/sub/__init__": "",
+        "layered/sub/second": schedule_module("second"),
+        "layered/broken": "raise ImportError('broken submodule')"})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    with pytest.warns(ddkit.PluginWarning, match="'layered.broken' from distribution 'layered'.*broken submodule"):
+        registry = ddkit.Registry(autoload=True).load_entry_points()
+    assert {r.name: r.plugin for r in registry.records("schedule") if r.source == "layered"} == {
+        "first": "layered.first", "second": "layered.sub.second"}
+    # a module added later is registered by the next load, with no change to the installed metadata
+    write_module(tmp_path, "layered/third", schedule_module("third"))
+    importlib.invalidate_caches()
+    with pytest.warns(ddkit.PluginWarning, match="broken submodule"):
+        registry = ddkit.Registry(autoload=True).load_entry_points()
+    assert "third" in registry.names("schedule")
 
 
 def test_environment_variable_disables_autoload(fake_distribution, monkeypatch):

@@ -12,7 +12,8 @@ import torch
 import yaml
 from pipeline_helpers import ROOT, invoke
 
-from ddkit.config import ConfigError, load_pipeline
+from ddkit.config import ConfigError
+from ddkit.contrib.pipeline_config import load_pipeline
 from ddkit.contrib.checkpoint import atomic_write_bytes, load_checkpoint, temporaries, temporary_path
 from ddkit.contrib.metrics import MetricsError
 from ddkit.contrib.pipeline import Pipeline

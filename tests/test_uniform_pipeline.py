@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ddkit.config import load_pipeline
+from ddkit.contrib.pipeline_config import load_pipeline
 from ddkit.contrib.runner import run_pipeline
 from pipeline_helpers import ROOT, TINY, invoke
 

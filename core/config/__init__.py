@@ -1,51 +1,32 @@
-"""Pipeline configuration: the pydantic schema of a pipeline YAML, its loading through
-omegaconf (files, ``key.path=value`` overrides, safe interpolation only) and error messages
-that name the dotted path, the bad value and what was expected.
+"""Configuration machinery that any config schema can use: loading through omegaconf (files,
+``key.path=value`` overrides, safe interpolation only), components checked against their
+plugins' own parameter models, and error messages that name the dotted path, the bad value
+and what was expected. The pipeline's schema lives next to its builder, in
+:mod:`ddkit.contrib.pipeline_config`.
 
 Example::
 
-    >>> from ddkit.config import load_pipeline
-    >>> cfg = load_pipeline({"data": {"dataset": "pydoc_topics"},
-    ...                      "model": {"name": "dit", "width": 64}},
-    ...                     overrides=["train.steps=10"])
-    >>> cfg.train.steps, cfg.model["width"]
-    (10, 64)
+    >>> from ddkit.config import load_raw, check_component
+    >>> raw = load_raw({"schedule": "polynomial"}, ["schedule.exponent=2"], components=[("schedule",)])
+    >>> check_component("schedule", raw["schedule"], where="schedule").spec()
+    {'name': 'polynomial', 'exponent': 2.0}
 """
 
-from .errors import ConfigError, format_validation_error
-from .loading import apply_overrides, load_pipeline, load_raw, load_resolved, parse_override, to_yaml
-from .schema import (
-    COMPONENT_FIELDS,
-    PIPELINE_PROVIDED,
-    DataConfig,
-    EvalConfig,
-    OutputConfig,
-    PipelineConfig,
-    SampleConfig,
-    TrainConfig,
-    pipeline_json_schema,
-    set_components,
-    validate_components,
-)
+from .components import CheckedComponent, ComponentSpec, check_component, component_json_schema, get_path
+from .errors import ConfigError, format_parameter_error, format_validation_error
+from .loading import apply_overrides, load_raw, parse_override, to_yaml
 
 __all__ = [
-    "COMPONENT_FIELDS",
-    "PIPELINE_PROVIDED",
+    "CheckedComponent",
+    "ComponentSpec",
     "ConfigError",
-    "DataConfig",
-    "EvalConfig",
-    "OutputConfig",
-    "PipelineConfig",
-    "SampleConfig",
-    "TrainConfig",
     "apply_overrides",
+    "check_component",
+    "component_json_schema",
+    "format_parameter_error",
     "format_validation_error",
-    "load_pipeline",
+    "get_path",
     "load_raw",
-    "load_resolved",
     "parse_override",
-    "pipeline_json_schema",
-    "set_components",
     "to_yaml",
-    "validate_components",
 ]

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from ..errors import DDKitError
+from ..errors import DDKitError, ParameterError, UnknownComponentError
 
 
 class ConfigError(DDKitError, ValueError):
@@ -52,12 +52,18 @@ def _model_at(model: type[BaseModel] | None, loc: Sequence[Any]) -> type[BaseMod
 def format_validation_error(exc: ValidationError, *, prefix: str = "",
                             model: type[BaseModel] | None = None, what: str = "") -> list[str]:
     """One line per pydantic error: path, message, the offending value; unknown keys get the
-    allowed keys and a "did you mean" from ``model``."""
+    allowed keys and a "did you mean" from ``model``. The errors of a nested component (a
+    parameter that is itself a component, such as ``process.schedule``) get lines of their
+    own at their full paths (:func:`format_parameter_error`)."""
     lines = []
     for err in exc.errors():
         loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
         path = dotted(loc, prefix)
         kind = err["type"]
+        nested = err.get("ctx", {}).get("error")
+        if isinstance(nested, ParameterError) and nested.kind is not None:
+            lines += format_parameter_error(nested, where=path)
+            continue
         if kind == "extra_forbidden":
             owner = _model_at(model, loc)
             allowed = sorted(owner.model_fields) if owner is not None else []
@@ -67,6 +73,8 @@ def format_validation_error(exc: ValidationError, *, prefix: str = "",
                 line += f"; did you mean {close[0]!r}?"
             if allowed:
                 line += f" Allowed keys: {', '.join(allowed)}"
+            elif owner is not None:
+                line += "; it takes no parameters"
             lines.append(line)
         elif kind == "missing":
             lines.append(f"{path}{what}: missing required value")
@@ -74,3 +82,15 @@ def format_validation_error(exc: ValidationError, *, prefix: str = "",
             message = err["msg"].removeprefix("Value error, ")
             lines.append(f"{path}{what}: {message} (got {show_value(err.get('input'))})")
     return lines
+
+
+def format_parameter_error(exc: ParameterError, *, where: str) -> list[str]:
+    """The lines of a component's :class:`~ddkit.ParameterError` for the component at
+    ``where`` (a dotted path): one per parameter, as ``where.key (kind 'name'): ...``; an
+    unknown plugin name as ``where.name: ...``."""
+    if isinstance(exc.errors, ValidationError):
+        return format_validation_error(exc.errors, prefix=where, model=exc.params,
+                                       what=f" ({exc.kind} {exc.name!r})")
+    if isinstance(exc.__cause__, UnknownComponentError):
+        return [f"{where}.name: {exc}"]
+    return [f"{where}: {exc}"]

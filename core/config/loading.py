@@ -1,5 +1,6 @@
-"""Loading a pipeline: YAML through omegaconf, ``key.path=value`` overrides, safe
-interpolation, then pydantic validation.
+"""Loading a config: YAML through omegaconf, ``key.path=value`` overrides and safe
+interpolation, giving plain data for a schema to validate (the pipeline's schema and its
+``load_pipeline`` are in :mod:`ddkit.contrib.pipeline_config`).
 
 Safety: YAML is parsed with a safe loader (no ``!!python`` tags). OmegaConf only parses: the
 config becomes plain data right after parsing, and its interpolations are resolved by
@@ -8,7 +9,7 @@ config becomes plain data right after parsing, and its interpolations are resolv
 must be named literally. So a pipeline file or an override never runs code.
 
 A config that was resolved before (a checkpoint's metadata) is loaded with
-:func:`load_resolved`, which never interpolates: its strings are values, ``${`` included.
+``interpolate=False``, which never interpolates: its strings are values, ``${`` included.
 :func:`to_yaml` escapes such a literal, so a run directory's ``config.yaml`` loads back, as a
 pipeline file, to the same values.
 """
@@ -24,12 +25,9 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from pydantic import ValidationError
-from pydantic_core import PydanticUndefined
 
-from .errors import ConfigError, format_validation_error
+from .errors import ConfigError
 from .interpolation import PIPELINE_RESOLVERS, escape_interpolations, resolve_interpolations
-from .schema import COMPONENT_FIELDS, PipelineConfig, set_components, validate_components
 
 #: interpolation resolvers a pipeline may use: environment variables and key selection
 ALLOWED_RESOLVERS = frozenset(PIPELINE_RESOLVERS)
@@ -47,20 +45,19 @@ def _missing_keys(node: Any, path: str = "") -> list[str]:
     return [path] if node == _MISSING else []
 
 
-def _expand_components(cfg: dict[str, Any]) -> None:
-    """Write the default of every absent top-level component section, and turn a component
-    given by name into ``{name: ...}``, so that ``loss.t_min=0.01`` can override a default."""
-    for path, _ in COMPONENT_FIELDS:
+def _expand_components(cfg: dict[str, Any], components: Sequence[tuple[str, ...]],
+                       defaults: Mapping[tuple[str, ...], Any]) -> None:
+    """Write the default of every absent component section, and turn a component given by
+    name into ``{name: ...}``, so that ``loss.t_min=0.01`` can override a default."""
+    for path in components:
         parent: Any = cfg
         for part in path[:-1]:
             parent = parent.get(part) if isinstance(parent, dict) else None
         if not isinstance(parent, dict):
             continue
         key = path[-1]
-        if key not in parent and len(path) == 1 and key in PipelineConfig.model_fields:
-            default = PipelineConfig.model_fields[key].default
-            if default is not None and default is not PydanticUndefined:
-                parent[key] = copy.deepcopy(default)
+        if key not in parent and defaults.get(path) is not None:
+            parent[key] = copy.deepcopy(defaults[path])
         value = parent.get(key)
         if isinstance(value, str) and value != _MISSING and "${" not in value:
             parent[key] = {"name": value}
@@ -85,7 +82,8 @@ def parse_override(text: str) -> tuple[str, Any]:
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Apply ``key.path=value`` overrides in order to a plain config, in place. A mapping value
     replaces the whole node (``sampler={name: first_hitting, steps: 64}``); anything else sets
-    one value; missing or non-mapping nodes on the way become mappings."""
+    one value; missing or non-mapping nodes on the way become mappings, a plugin name ``n``
+    becoming ``{name: n}`` (so ``process.schedule.exponent=2`` keeps the schedule's name)."""
     for text in overrides:
         key, value = parse_override(text)
         parts = [index or name for index, name in _KEY_PART.findall(key)]
@@ -100,16 +98,22 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
                 node[part] = value
                 break
             child = node[part] if isinstance(node, list) else node.get(part)
-            if not isinstance(child, (dict, list)):
+            if isinstance(child, str) and child != _MISSING and "${" not in child:
+                child = node[part] = {"name": child}  # a component given by name: set one parameter
+            elif not isinstance(child, (dict, list)):
                 child = node[part] = {}
             node = child
     return data
 
 
 def load_raw(source: str | Path | Mapping[str, Any], overrides: Sequence[str] = (), *,
-             interpolate: bool = True) -> dict[str, Any]:
+             interpolate: bool = True, components: Sequence[tuple[str, ...]] = (),
+             defaults: Mapping[tuple[str, ...], Any] | None = None) -> dict[str, Any]:
     """Parse a YAML file (or take a mapping), apply overrides, resolve interpolations (unless
-    ``interpolate`` is false: a resolved config); returns a plain dict (not yet validated)."""
+    ``interpolate`` is false: a resolved config); returns a plain dict (not yet validated).
+    ``components`` are the paths of the schema's component sections: before the overrides,
+    an absent one gets its entry in ``defaults`` and one given by name becomes
+    ``{name: ...}``."""
     where = str(source) if isinstance(source, (str, Path)) else None
     if not interpolate:  # a resolved config is plain data already: OmegaConf would parse its strings
         if not isinstance(source, Mapping):
@@ -131,38 +135,12 @@ def load_raw(source: str | Path | Mapping[str, Any], overrides: Sequence[str] = 
         raise ConfigError("a pipeline file must be a mapping of sections", source=where)
     # plain data from here on: OmegaConf resolves nothing (see the module docstring)
     data = OmegaConf.to_container(cfg, resolve=False)
-    _expand_components(data)
+    _expand_components(data, components, defaults or {})
     apply_overrides(data, overrides)
     missing = [f"{key}: missing required value (???)" for key in _missing_keys(data)]
     if missing:
         raise ConfigError(missing, source=where)
     return resolve_interpolations(data, source=where)
-
-
-def load_pipeline(source: str | Path | Mapping[str, Any], overrides: Sequence[str] = (), *,
-                  interpolate: bool = True) -> PipelineConfig:
-    """Load, override, resolve and validate a pipeline; every component's parameters are
-    checked by its plugin. Raises :class:`ConfigError` listing every problem found."""
-    where = str(source) if isinstance(source, (str, Path)) else None
-    raw = load_raw(source, overrides, interpolate=interpolate)
-    problems: list[str] = []
-    cfg = None
-    try:
-        cfg = PipelineConfig.model_validate(raw)
-    except ValidationError as exc:
-        problems += format_validation_error(exc, model=PipelineConfig)
-    component_problems, resolved = validate_components(raw)
-    problems += component_problems
-    if problems or cfg is None:
-        raise ConfigError(problems, source=where)
-    return set_components(cfg, resolved)
-
-
-def load_resolved(config: Mapping[str, Any], overrides: Sequence[str] = ()) -> PipelineConfig:
-    """Validate a config that was resolved before (a checkpoint's metadata, the config in
-    ``samples.json``) without interpolating it again: every string is a value, ``${``
-    included, and overrides set values as they are written."""
-    return load_pipeline(config, overrides, interpolate=False)
 
 
 def to_yaml(data: Mapping[str, Any]) -> str:
