@@ -14,6 +14,7 @@ plugin system; built-in and third-party plugins implement them::
     result.tokens, result.nfe
 """
 
+from . import guidance
 from .denoiser import Denoiser
 from .errors import (
     DDKitError,
@@ -90,6 +91,7 @@ __all__ = [
     "UnknownComponentError",
     "UnmaskingRule",
     "build",
+    "guidance",
     "get_registry",
     "hookimpl",
     "list_components",

@@ -8,6 +8,12 @@ A denoiser is any callable ``denoiser(x_t, t) -> logits`` with
   ``S`` columns; the mean parameterization drops the extra states).
 
 A trained network, a plain function and an exact oracle are all denoisers.
+
+Optional attributes that samplers and :class:`ddkit.DenoiserCalls` read (declared
+capabilities, the way samplers read ``process.capabilities``):
+
+* ``evaluations_per_call`` (int, default 1): network evaluations one call costs; NFE counts
+  them (e.g. classifier-free guidance makes two, :mod:`ddkit.guidance`).
 """
 
 from __future__ import annotations

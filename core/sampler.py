@@ -117,7 +117,8 @@ def time_grid(num_steps: int, grid: Grid = "uniform", *, dtype: torch.dtype = to
 
 
 class DenoiserCalls:
-    r"""The denoiser seen through a parameterization, with a call count ``nfe``.
+    r"""The denoiser seen through a parameterization, with the count of network evaluations
+    ``nfe`` (one per call, or the denoiser's ``evaluations_per_call``).
 
     :meth:`log_mean`, :meth:`mean_logits` and :meth:`log_score` call the parameterization's
     method of the same name. With ``cache=True`` a call with the same method and the same
@@ -135,6 +136,8 @@ class DenoiserCalls:
         self.process = process
         self.parameterization = parameterization
         self.cache = cache and not parameterization.time_conditioning
+        #: network evaluations per call, as the denoiser declares (``ddkit.Denoiser``)
+        self.evaluations_per_call = int(getattr(denoiser, "evaluations_per_call", 1))
         self.nfe = 0
         self._last: tuple[str, Tensor, Tensor] | None = None
 
@@ -159,7 +162,7 @@ class DenoiserCalls:
         if cache and self._last is not None and self._last[0] == method and torch.equal(self._last[1], x):
             return self._last[2]
         out = getattr(self.parameterization, method)(self.denoiser, x, t, self.process)
-        self.nfe += 1
+        self.nfe += self.evaluations_per_call
         if cache:
             self._last = (method, x.clone(), out)
         return out
