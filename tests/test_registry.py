@@ -2,6 +2,7 @@
 
 import importlib
 import json
+import re
 import types
 import typing
 import warnings
@@ -489,3 +490,16 @@ def test_a_built_object_passes_through_build():
     assert ddkit.build("sampler", obj) is obj
     with pytest.raises(ddkit.ParameterError, match="built"):
         ddkit.build("sampler", obj, steps=3)
+
+
+def test_the_plugin_example_in_the_docs_registers_and_validates():
+    text = (ROOT / "docs" / "plugins.md").read_text()
+    (code,) = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    module = types.ModuleType("my_plugin")
+    exec(compile(code, "docs/plugins.md", "exec"), module.__dict__)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        registry = ddkit.Registry(autoload=False).add_plugin(module, name="my_plugin", source="my-plugin")
+    assert registry.build("schedule", "my-plugin:power", exponent=2).exponent == 2
+    with pytest.raises(ddkit.ParameterError, match="exponent"):
+        registry.build("schedule", "power", exponent=-1)
