@@ -21,7 +21,7 @@ from ddkit.config import ConfigError
 
 from .checkpoint import CHECKPOINT_NAME, atomic_write_text, load_checkpoint
 from .pipeline import Pipeline
-from .pipeline_config import load_pipeline, load_resolved, pipeline_json_schema
+from .pipeline_config import known_vocab_size, load_pipeline, load_resolved, pipeline_json_schema
 from .training import TrainingInterrupted
 
 
@@ -195,18 +195,22 @@ def config():
 
 @config.command(context_settings={"ignore_unknown_options": True})
 @click.argument("args", nargs=-1)
-@click.option("--no-data", is_flag=True, help="Check the file only; do not load the data's vocabulary.")
+@click.option("--no-data", is_flag=True,
+              help="Do not load the data: with a tokenizer fitted on the corpus, the file only.")
 @_friendly
 def validate(args, no_data):
-    """Check PIPELINE.yaml [overrides]: schema, plugin parameters, vocabulary and lengths."""
+    """Check PIPELINE.yaml [overrides]: schema, plugin parameters, vocabulary, lengths, and
+    whether the model, the process and the sampler fit together."""
     path, overrides = _split_args(args, need_file=True)
     cfg = load_pipeline(path, overrides)
-    if not no_data:
-        pipeline = Pipeline.build(cfg, device="cpu")
-        click.echo(f"{path}: valid (vocabulary {pipeline.vocab_size}, "
-                   f"{sum(p.numel() for p in pipeline.model.parameters()):,} model parameters)")
-    else:
-        click.echo(f"{path}: valid")
+    if no_data and known_vocab_size(cfg.model_dump(mode="json")) is None:
+        click.echo(f"{path}: valid as a file (the vocabulary comes from the corpus: the process, model, loss and "
+                   f"sampler are checked without --no-data)")
+        return
+    pipeline = Pipeline.build(cfg, load_data=not no_data, device="cpu")
+    click.echo(f"{path}: valid (vocabulary {pipeline.vocab_size}, "
+               f"{sum(p.numel() for p in pipeline.model.parameters()):,} model parameters"
+               f"{'; data not loaded' if no_data else ''})")
 
 
 @config.command(context_settings={"ignore_unknown_options": True})

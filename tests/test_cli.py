@@ -80,6 +80,9 @@ def test_config_validate_catches_what_training_would_find_later():
     assert result.exit_code == 2
     assert "sampler: sampler FirstHittingSampler needs a process with ['absorbing']; UniformProcess has none" \
         in result.output
+    # without loading the data as well, when the file fixes the vocabulary (the Markov chain's own)
+    result = invoke("config", "validate", MARKOV, "--no-data", "process=uniform", "sampler=first_hitting")
+    assert result.exit_code == 2 and "needs a process with ['absorbing']" in result.output
     result = invoke("config", "validate", MARKOV, small, "model.time_conditioning=true")
     assert result.exit_code == 2
     assert ("model.time_conditioning: True but parameterization.time_conditioning is False (the network would "
