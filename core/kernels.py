@@ -321,12 +321,14 @@ def backend_names() -> list[str]:
 
 
 def check_backend_name(name: str) -> str:
-    """Validate a ``backend`` setting: ``auto`` or an installed kernel backend."""
+    """Validate a ``backend`` setting: ``auto`` or an installed kernel backend (its plain or
+    ``distribution:name`` qualified name)."""
     if name == AUTO:
         return name
-    names = backend_names()
-    if name not in names:
-        raise ValueError(unknown_name_message("kernel backend", name, [AUTO, *names]))
+    try:
+        get_registry().get("kernel", name)
+    except UnknownComponentError:
+        raise ValueError(unknown_name_message("kernel backend", name, [AUTO, *backend_names()])) from None
     return name
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated
 
 import pytest
+import torch
 from click.testing import CliRunner
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -503,3 +504,13 @@ def test_the_plugin_example_in_the_docs_registers_and_validates():
     assert registry.build("schedule", "my-plugin:power", exponent=2).exponent == 2
     with pytest.raises(ddkit.ParameterError, match="exponent"):
         registry.build("schedule", "power", exponent=-1)
+
+
+def test_a_kernel_backend_setting_takes_a_qualified_name():
+    sampler = ddkit.build("sampler", "ancestral", steps=2, backend="ddkit:torch")
+    process = ddkit.build("process", "masked", vocab_size=3)
+    result = sampler.sample(lambda x, t: torch.zeros(*x.shape, 3), process, num_samples=2, length=3,
+                            generator=torch.Generator().manual_seed(0))
+    assert bool((result.tokens < 3).all())
+    with pytest.raises(ddkit.ParameterError, match="no kernel backend named 'nope:torch'"):
+        ddkit.build("sampler", "ancestral", backend="nope:torch")
