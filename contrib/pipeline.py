@@ -123,7 +123,7 @@ class Pipeline:
                                   "load the data to fit it")
         V = tokenizer.vocab_size
         config.data.tokenizer = tokenizer.spec()
-        config._checked["data.tokenizer"] = None  # the spec of a built tokenizer
+        config.mark_checked("data.tokenizer")  # the spec of a built tokenizer
 
         # components that needed this vocabulary are validated now (the rest were at load time)
         problems, checked, vocabulary = check_components(config.model_dump(mode="json"), vocab_size=V,

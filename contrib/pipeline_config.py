@@ -23,14 +23,13 @@ from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, PrivateAttr, ValidationError, model_validator
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 from pydantic_core import PydanticUndefined
 
 import ddkit
-from ddkit.registry import split_spec
 from ddkit.config import (CheckedComponent, ComponentSpec, ConfigError, check_component, component_json_schema,
                           format_validation_error, get_path, load_raw)
+from ddkit.registry import split_spec
 
 
 class Section(BaseModel):
@@ -123,6 +122,11 @@ class PipelineConfig(Section):
         """The component paths not yet validated with this vocabulary size."""
         return {".".join(path) for path, _ in COMPONENT_FIELDS
                 if self._checked.get(".".join(path), -1) not in (None, vocab_size)}
+
+    def mark_checked(self, where: str, vocab_size: int | None = None) -> None:
+        """Record that the component at ``where`` is valid with ``vocab_size`` (``None``: it
+        takes no vocabulary)."""
+        self._checked[where] = vocab_size
 
 
 #: (path in the pipeline, component kind), in the order they are validated and built: a
@@ -221,7 +225,8 @@ def check_components(raw: Mapping[str, Any], *, vocab_size: int | None,
             declared = set()  # reported by check_component
         else:
             if only is not None and where not in only:  # validated before: pass it on as it is
-                values[kind] = {"name": name, **given, **{k: values[k] for k in declared if k in values and k not in given}}
+                passed = {k: values[k] for k in declared if k in values and k not in given}
+                values[kind] = {"name": name, **given, **passed}
                 if declared & uses_vocab:
                     uses_vocab.add(kind)
                 continue
@@ -252,7 +257,7 @@ def set_components(cfg: PipelineConfig, checked: Mapping[str, CheckedComponent],
         for part in parents:
             node = getattr(node, part)
         setattr(node, last, result.spec())
-        cfg._checked[where] = vocabulary[where]
+        cfg.mark_checked(where, vocabulary[where])
     return cfg
 
 
