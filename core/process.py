@@ -130,8 +130,24 @@ class Process:
 
     def continuous_elbo(self, x0: Tensor, x_t: Tensor, log_mean: Tensor, t: Tensor) -> Tensor:
         r"""Integrand of the continuous-time negative ELBO at time ``t``, per token, in nats:
-        the NELBO is :math:`\int_0^1 \mathbb{E}_{q(x_t|x_0)}[\cdot]\,dt` summed over tokens."""
-        raise NotImplementedError(f"{type(self).__name__} has no continuous-time ELBO")
+        the NELBO is :math:`\int_0^1 \mathbb{E}_{q(x_t|x_0)}[\cdot]\,dt` summed over tokens.
+
+        Generic form, for any CTMC (Campbell et al. 2022; Lou et al. 2024): the denoising
+        score entropy (:meth:`score_entropy`) of the ratios implied by the mean
+        (:meth:`score_from_mean`),
+
+        .. math::  \sum_{y \ne x_t} R(t)_{y, x_t}\big(s_y - r_y\log s_y + r_y\log r_y - r_y\big),
+                   \quad s_y = \sum_{x_0}\mu(x_0)\frac{\bar Q(t)_{x_0 y}}{\bar Q(t)_{x_0 x_t}},\quad
+                   r_y = \frac{\bar Q(t)_{x_0 y}}{\bar Q(t)_{x_0 x_t}},
+
+        the limit of :math:`\frac1h` times the discrete-time term of step :math:`(t - h, t)`
+        in expectation over :math:`x_t`. Computed from the dense marginal and generator (one
+        matrix per distinct time, the score form's rule on extra states applies) unless the
+        process overrides the score methods or this one with closed forms. Where
+        :math:`\alpha_t = 0` exactly the product :math:`R(t)_{y x} s_y` is
+        :math:`\infty \cdot 0` and is taken as 0 (a single time, of measure zero)."""
+        score = self.score_from_mean(x_t, log_mean.to(torch.float64).exp(), t)
+        return self.score_entropy(x0, x_t, torch.log(score), t).to(log_mean.dtype)
 
     def discrete_elbo(self, x0: Tensor, x_t: Tensor, log_mean: Tensor, s: Tensor, t: Tensor) -> Tensor:
         r""":math:`\mathrm{KL}(q(x_s \mid x_t, x_0) \,\|\, p_\theta(x_s \mid x_t))` per token,

@@ -17,6 +17,10 @@ def masked(schedule, V=4):
 
 PROCESSES = [masked(s) for s in ("linear", "cosine", {"name": "polynomial", "exponent": 0.5},
                                  "geometric", "loglinear")] + [masked("cosine", V=1), masked("linear", V=9)]
+# the other processes have their own files (tests/test_uniform_process.py, test_matrix_process.py)
+PROCESSES += [ddkit.build("process", "uniform", vocab_size=4, schedule="cosine"),
+              ddkit.build("process", "matrix", vocab_size=3, generator="mask_uniform", schedule="cosine")]
+TIMED = {"name": "mean", "time_conditioning": True}
 
 SAMPLERS = [
     ("ancestral", {"steps": 16}),
@@ -28,19 +32,31 @@ SAMPLERS = [
     # also run with the uniform and matrix processes in tests/test_euler_sampler.py and
     # tests/test_analytic_sampler.py
     ("euler", {"steps": 4}),
+    ("euler", {"steps": 4, "parameterization": TIMED}),
     ("analytic", {"steps": 4, "top_p": 0.9}),
+    ("analytic", {"steps": 4, "parameterization": TIMED}),
 ]
 
 PAIRS = [(ddkit.build("sampler", name, **params), masked(schedule))
          for name, params in SAMPLERS for schedule in ("cosine", "loglinear")]
 PAIRS += [(ddkit.build("sampler", "first_hitting"), masked("geometric", V=2)),
           (ddkit.build("sampler", "ancestral", steps=5), masked("linear", V=1))]
+# the uniform process, whose optimal denoiser depends on t: the time-conditioned check has teeth
+PAIRS += [(ddkit.build("sampler", name, steps=4, parameterization=TIMED),
+           ddkit.build("process", "uniform", vocab_size=3, schedule="cosine"))
+          for name in ("ancestral", "euler", "analytic")]
 
 
 def test_every_registered_schedule_is_covered():
     covered = {s if isinstance(s, str) else s["name"] for s in SCHEDULES}
     builtin = {r.name for r in ddkit.list_components("schedule") if r.source == "ddkit"}
     assert builtin <= covered
+
+
+def test_every_registered_process_is_covered():
+    builtin = {r.name for r in ddkit.list_components("process") if r.source == "ddkit"}
+    covered = {type(p).__name__ for p in PROCESSES}
+    assert {type(ddkit.build("process", name, vocab_size=3)).__name__ for name in builtin} <= covered
 
 
 def test_every_registered_sampler_is_covered():

@@ -1,6 +1,8 @@
 """The conformance kit catches broken components: each check fails, with a counterexample,
 on a component that breaks exactly its property (and the correct component passes)."""
 
+import re
+
 import pytest
 import torch
 
@@ -206,6 +208,109 @@ class LeakyMask(Masked):
         return self.transition_matrix(torch.zeros_like(torch.as_tensor(t, dtype=F64)), t)
 
 
+class FirstPositionTimePosterior(Masked):
+    """Right for one time per sequence; given a time per position, reads the first one."""
+
+    def posterior_probs(self, x_t, mean, s, t):
+        s, t = (torch.as_tensor(v, dtype=F64) for v in (s, t))
+        if t.dim() == 2:
+            s, t = s[:, :1].expand_as(s), t[:, :1].expand_as(t)
+        return super().posterior_probs(x_t, mean, s, t)
+
+
+class TransposedReverseRates(Masked):
+    """R(t)[x_t, y] s_y instead of R(t)[y, x_t] (the row of the forward generator)."""
+
+    def reverse_rates(self, x_t, score, t):
+        V, S = self.vocab_size, self.num_states
+        rates = self.rate_matrix(ddkit.process.per_token(t, x_t))  # [B, N, S, S]
+        forward_row = rates.gather(-2, x_t[..., None, None].expand(*x_t.shape, 1, S)).squeeze(-2)
+        row = torch.zeros_like(forward_row)
+        row[..., :V] = forward_row[..., :V] * score
+        row = row.scatter(-1, x_t[..., None], 0.0)
+        return row.scatter(-1, x_t[..., None], -row.sum(-1, keepdim=True))
+
+
+class UnscaledScoreFromMean(Masked):
+    r"""Returns :math:`\mu` at the mask, forgetting the factor :math:`\alpha_t/(1-\alpha_t)`."""
+
+    def score_from_mean(self, x_t, mean, t):
+        masked = (x_t == self.mask_id)[..., None]
+        return torch.where(masked, mean.to(F64), super().score_from_mean(x_t, mean, t))
+
+
+class HalfwayScorePosterior(Masked):
+    """The analytic step to the midpoint of (s, t) instead of s."""
+
+    def score_posterior(self, x_t, score, s, t):
+        middle = (torch.as_tensor(s, dtype=F64) + torch.as_tensor(t, dtype=F64)) / 2
+        return super().score_posterior(x_t, score, middle, t)
+
+
+class ScoreEntropyWithoutConstant(Masked):
+    r"""Leaves out :math:`r\log r - r` (constant in the score, so the gradients are right, but
+    the value is neither :math:`\ge 0` nor the bound)."""
+
+    def score_entropy(self, x0, x_t, log_score, t):
+        t_ = ddkit.process.per_token(t, x_t)
+        alpha = self.schedule.alpha(t_)
+        ratio, beta = alpha / (1 - alpha), -self.schedule.alpha_prime(t_) / alpha
+        constant = torch.where(x_t == self.mask_id, beta * (torch.xlogy(ratio, ratio) - ratio), 0.0)
+        return super().score_entropy(x0, x_t, log_score, t) - constant
+
+
+@pytest.mark.parametrize("process,check,match", [
+    (FirstPositionTimePosterior(3, "cosine"), pc.check_process_posterior_bayes,
+     "a different (s, t) at every position"),
+    (TransposedReverseRates(3, "cosine"), pc.check_process_reverse_rates, "R(t)[y, x_t] s_y"),
+    (UnscaledScoreFromMean(3, "cosine"), pc.check_process_score_from_mean, "Q(t)[x0, j] / Q(t)[x0, x_t]"),
+    (HalfwayScorePosterior(3, "cosine"), pc.check_process_score_posterior, "exact reverse transition"),
+    (ScoreEntropyWithoutConstant(3, "cosine"), pc.check_process_score_entropy, "from the dense matrices"),
+], ids=lambda x: type(x).__name__ if isinstance(x, ddkit.Process) else None)
+def test_per_position_and_score_checks_catch_what_the_other_checks_let_through(process, check, match):
+    """Each broken process fails exactly its check, with a readable message and the position's
+    time in the counterexample, and passes every other check of the kit."""
+    failure = fails(check, process, match=re.escape(match))
+    assert failure.counterexample["t"] is not None
+    report = check_process(process, raise_on_failure=False)
+    assert [r.name for r in report.problems] == [check.__name__]
+    assert f"{check.__name__} failed for {describe(process)}" in report.problems[0].message
+
+
+def test_score_entropy_check_reports_a_negative_value():
+    class Negative(Masked):
+        def score_entropy(self, x0, x_t, log_score, t):
+            return -super().score_entropy(x0, x_t, log_score, t)
+
+    report = check_process(Negative(3, "cosine"), raise_on_failure=False)
+    assert "check_process_score_entropy" in [r.name for r in report.problems]
+
+
+def test_score_checks_apply_only_where_extra_states_are_absorbing():
+    """A process whose extra state jumps back to clean tokens has no score form (the reverse
+    rates would need its ratio): the score checks and the generic ELBO check do not apply."""
+
+    class Leaky(ddkit.Process):
+        rates = torch.tensor([[-1.0, 0.0, 1.0], [0.0, -1.0, 1.0], [0.5, 0.5, -1.0]], dtype=F64)
+
+        def __init__(self):
+            super().__init__(2, ddkit.build("schedule", "linear"))
+
+        @property
+        def num_states(self):
+            return 3
+
+        def rate_matrix(self, t):
+            return torch.as_tensor(t, dtype=F64)[..., None, None] * 0 + self.rates
+
+    names = [n for n, _ in yield_checks(Leaky())]
+    assert "check_process_reverse_rates" not in names
+    assert "check_process_continuous_elbo_is_limit" not in names
+    assert {"check_process_score_from_mean", "check_process_reverse_rates", "check_process_score_posterior",
+            "check_process_score_entropy", "check_process_continuous_elbo_is_limit"} <= {
+        n for n, _ in yield_checks(ddkit.build("process", "uniform", vocab_size=3))}
+
+
 @pytest.mark.parametrize("process,check,match", [
     (WrongPosterior(3, "cosine"), pc.check_process_posterior_bayes, "Bayes' rule"),
     (SwappedMarginal(3, "cosine"), pc.check_process_marginal_closed_form, "dense Q\\(t\\)\\[x0\\]"),
@@ -341,6 +446,48 @@ def test_sampler_checks_catch_broken_samplers(bug, check, match):
     if match is not None:
         assert match in failed[check.__name__]
     assert f"failed for {describe((OneShot(bug), PROCESS))}" in failed[check.__name__]
+
+
+TIMED = {"name": "mean", "time_conditioning": True}
+
+
+class WrongTime(ddkit.Sampler):
+    """Ancestral sampling with a time-conditioned parameterization whose denoiser receives
+    ``wrong(t)`` instead of the current time (it ignores the parameterization's time handling)."""
+
+    def __init__(self, wrong):
+        self.inner = ddkit.build("sampler", "ancestral", steps=8, parameterization=TIMED)
+        self.parameterization, self.wrong = self.inner.parameterization, wrong
+
+    def __repr__(self):
+        return "WrongTime()"
+
+    def sample(self, denoiser, process, **kwargs):
+        return self.inner.sample(lambda x_t, t: denoiser(x_t, self.wrong(t)), process, **kwargs)
+
+
+@pytest.mark.parametrize("process", [ddkit.build("process", "masked", vocab_size=3, schedule="cosine"),
+                                     ddkit.build("process", "uniform", vocab_size=3, schedule="cosine")],
+                         ids=["masked", "uniform"])
+@pytest.mark.parametrize("wrong,others", [(torch.zeros_like, []), (lambda t: 1.0 - t, ["check_sampler_time_argument"])],
+                         ids=["zero", "one_minus_t"])
+def test_time_conditioned_check_catches_a_sampler_that_feeds_the_wrong_time(process, wrong, others):
+    """Every other check passes a sampler that feeds t = 0 (its t is constant, and the
+    point-mass denoiser ignores t); the time-conditioned check names the impossible call."""
+    report = check_sampler(WrongTime(wrong), process, raise_on_failure=False)
+    problems = {r.name: r.message for r in report.problems}
+    assert sorted(problems) == sorted(["check_sampler_time_conditioned_denoiser", *others])
+    message = problems["check_sampler_time_conditioned_denoiser"]
+    assert "cannot produce from the data at the time it was given" in message
+    assert "t = 0.0" in message and "state = " in message
+    assert check_sampler(WrongTime(lambda t: t), process).ok  # the same sampler with the right time
+
+
+def test_time_conditioned_check_applies_with_time_conditioning_only():
+    timed = ddkit.build("sampler", "ancestral", steps=4, parameterization=TIMED)
+    untimed = ddkit.build("sampler", "ancestral", steps=4)
+    assert "check_sampler_time_conditioned_denoiser" in [n for n, _ in yield_checks((timed, PROCESS))]
+    assert "check_sampler_time_conditioned_denoiser" not in [n for n, _ in yield_checks((untimed, PROCESS))]
 
 
 # -- the runner ------------------------------------------------------------------------------

@@ -40,3 +40,11 @@ def test_oracle_example_runs():
     oracle, x0 = namespace["oracle"], namespace["x0"]
     logits = oracle(torch.full_like(x0, 4), torch.full((8,), 0.5))
     assert logits.shape == (8, 32, 4)
+
+
+def test_time_conditioned_sampler_example_runs_the_time_check():
+    block = next(b for b in python_blocks() if "time_conditioning" in b and "check_sampler" in b)
+    namespace = {}
+    exec(block, namespace)
+    report = namespace["report"]
+    assert report.ok and "check_sampler_time_conditioned_denoiser" in [r.name for r in report.results]

@@ -65,9 +65,9 @@ def test_conformance_marker_fixtures_and_profiles(tmp_path):
                         "-v")
     out = result.stdout + result.stderr
     assert result.returncode == 0, out
-    # cosine: 7 schedule checks; masked: 15 process checks; first_hitting: 9 sampler checks;
+    # cosine: 7 schedule checks; masked: 19 process checks; first_hitting: 9 sampler checks;
     # Stale: 7 checks, one an expected failure; plus the two fixture tests
-    assert "39 passed, 1 xfailed" in out, out
+    assert "43 passed, 1 xfailed" in out, out
     assert "alpha_prime is scaled on purpose" in out
     assert "ddkit testing kit: ddkit" in out and "seed 5" in out
 

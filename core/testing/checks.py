@@ -2,7 +2,7 @@ r"""Conformance checks in the style of scikit-learn's ``check_estimator``.
 
 One call runs every check that applies to a component, chosen by what it declares
 (``schedule.invertible``, trainable parameters, ``process.capabilities`` such as
-``"absorbing"``, an implemented ``continuous_elbo``, ``sampler.requires``, the
+``"absorbing"``, whether the score form applies, ``sampler.requires``, the
 parameterization's ``time_conditioning``, ``sampler.capabilities`` such as
 ``"variable_length"``)::
 

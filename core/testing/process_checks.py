@@ -43,15 +43,35 @@ Every check compares the process with an *independent* computation on its dense 
   rule by enumeration, :math:`p(x_s \mid x_t) = \sum_{x_0} \mu(x_0)\,
   \frac{\bar Q(s)_{x_0 x_s} \bar Q(s,t)_{x_s x_t}}{\sum_{y} \bar Q(s)_{x_0 y}
   \bar Q(s,t)_{y x_t}}`, for every state :math:`x_t` and random :math:`\mu` supported on
-  the clean tokens that can produce :math:`x_t`.
+  the clean tokens that can produce :math:`x_t`; with times of shape ``[B]``, one shared
+  ``[B, N]`` time, and a different :math:`(s, t)` at every position (a separate code path in
+  most processes).
 * ``check_process_discrete_elbo_is_posterior_kl`` — :meth:`~ddkit.Process.discrete_elbo`
   equals :math:`\mathrm{KL}(q(x_s \mid x_t, x_0) \,\|\, p_\mu(x_s \mid x_t))` computed by
   enumeration.
-* ``check_process_continuous_elbo_is_limit`` (when ``continuous_elbo`` is implemented) —
+* ``check_process_continuous_elbo_is_limit`` (when ``continuous_elbo`` is overridden or the
+  generic one, score entropy of the mean's ratios, applies) —
   for a denoiser whose output at a position depends on that position's state only, the
   expectation over :math:`x_t \sim q(\cdot \mid x_0)` (exact, by enumeration) of the
   integrand equals :math:`\lim_{h \to 0} \frac1h \mathbb E\,\mathrm{KL}_{t-h,t}` (checked
   at :math:`h = 10^{-5}`), and the integrand vanishes for the perfect denoiser.
+* the score (ratio) form, when every state beyond the clean vocabulary is absorbing (each
+  with a different time at every position):
+
+  - ``check_process_score_from_mean`` — :meth:`~ddkit.Process.score_from_mean` equals
+    :math:`\sum_{x_0} \mu(x_0) \bar Q(t)_{x_0 j} / \bar Q(t)_{x_0 x_t}` over the clean
+    tokens that can produce :math:`x_t`;
+  - ``check_process_reverse_rates`` — :meth:`~ddkit.Process.reverse_rates` is
+    :math:`R(t)_{y x_t} s_y` off the diagonal and minus their sum on it (random ratios),
+    and with the true ratios :math:`q_t(y)/q_t(x)` of a random data law it reverses the
+    forward equation, :math:`\sum_x q_t(x) \hat R_t(x \to y) = -(q_t^\top R(t))_y`;
+  - ``check_process_score_posterior`` — with the true ratios,
+    :meth:`~ddkit.Process.score_posterior` is the exact reverse transition
+    :math:`q_s(y) \bar Q(s,t)_{y x_t} / q_t(x_t)` (pairs with :math:`\bar Q(s, t)` invertible);
+  - ``check_process_score_entropy`` — :meth:`~ddkit.Process.score_entropy` equals
+    :math:`\sum_{y \ne x_t} R(t)_{y x_t}(s_y - r_y \log s_y + r_y \log r_y - r_y)` with
+    :math:`r_y = \bar Q(t)_{x_0 y} / \bar Q(t)_{x_0 x_t}` (random ratios), is :math:`\ge 0`
+    and 0 at :math:`s = r`.
 * ``check_process_prior_kl`` — :meth:`~ddkit.Process.prior_kl` equals
   :math:`\mathrm{KL}(\bar Q(1)_{x_0,:} \,\|\, \text{prior})` from the dense matrices.
 * ``check_process_absorbing`` (capability ``"absorbing"``) — the mask row of every
@@ -374,6 +394,23 @@ def _bayes_tables(process: Process, s: float, t: float) -> tuple[Tensor, Tensor]
     return cond, (q_t.T > 0)
 
 
+class _PositionLayout:
+    """Puts ``M`` test cases (each with its own time) at the positions of ``rows`` sequences,
+    in a different seeded order in every row, so that no two positions of a row share a case
+    and the order of positions says nothing about the time."""
+
+    def __init__(self, cases: int, rows: int, generator: torch.Generator):
+        self.order = torch.stack([torch.randperm(cases, generator=generator) for _ in range(rows)])
+
+    def __call__(self, per_case: Tensor) -> Tensor:
+        """``[M, ...]`` -> ``[rows, M, ...]``."""
+        return per_case[self.order]
+
+    def per_row(self, per_row_case: Tensor) -> Tensor:
+        """``[rows, M, ...]`` (row ``r`` and case ``m``) -> the same at the row's positions."""
+        return per_row_case[torch.arange(len(self.order))[:, None], self.order]
+
+
 def _random_means(support: Tensor, rows: int, generator: torch.Generator) -> Tensor:
     """Random distributions over clean tokens, one per (row, state k), on support[k]."""
     raw = torch.rand(rows, *support.shape, generator=generator, dtype=_F64) + 0.05
@@ -403,6 +440,20 @@ def check_process_posterior_bayes(process: Process) -> None:
                              f"posterior_probs vs Bayes' rule by enumeration (t of shape "
                              f"{tuple(t_arg.shape)})", atol=1e-9, s=s, t=t, x_t=k, mean=mean[:, k])
                 _check_distribution_rows(actual[:, k], "posterior_probs", s=s, t=t, x_t=k)
+    # every position its own (s, t): a posterior that reads one time per row breaks here
+    tables = [_bayes_tables(process, s, t) for s, t in _POSTERIOR_PAIRS]
+    cases = [(i, k) for i, (_, support) in enumerate(tables) for k in support.any(-1).nonzero()[:, 0].tolist()]
+    pair, k = (torch.tensor(c) for c in zip(*cases))
+    layout = _PositionLayout(len(cases), rows, gen)
+    support = torch.stack([tables[i][1][j] for i, j in cases])  # [M, V]
+    cond = torch.stack([tables[i][0][j] for i, j in cases])  # [M, V, S]
+    mean = layout.per_row(_random_means(support, rows, gen))  # [rows, M, V]
+    s_times, t_times = (_t([p[col] for p in _POSTERIOR_PAIRS])[pair] for col in (0, 1))
+    x_t, s, t = layout(k), layout(s_times), layout(t_times)
+    expected = torch.einsum("rmv,rmvj->rmj", mean, layout(cond))
+    actual = process.posterior_probs(x_t, mean, s, t)
+    assert_close(actual, expected, "posterior_probs vs Bayes' rule by enumeration with a different "
+                 "(s, t) at every position (t of shape [B, N])", atol=1e-9, s=s, t=t, x_t=x_t, mean=mean)
 
 
 def check_process_discrete_elbo_is_posterior_kl(process: Process) -> None:
@@ -456,6 +507,150 @@ def check_process_continuous_elbo_is_limit(process: Process) -> None:
                      atol=1e-12, t=t, x_t=x_t[:, 0])
 
 
+# -- the score (ratio) form --------------------------------------------------------------------
+
+#: the score methods of :class:`ddkit.Process` that the score checks exercise
+SCORE_METHODS = ("score_from_mean", "reverse_rates", "score_posterior", "score_entropy")
+
+
+def _data_law(process: Process, generator: torch.Generator) -> Tensor:
+    """A random distribution over the clean tokens with full support, ``[V]``."""
+    raw = torch.rand(process.vocab_size, generator=generator, dtype=_F64) + 0.05
+    return raw / raw.sum()
+
+
+def _cases(mask: Tensor) -> tuple[Tensor, ...]:
+    """The index tuples where ``mask`` is true, in a fixed order (one test case each)."""
+    return mask.nonzero(as_tuple=True)
+
+
+def check_process_score_from_mean(process: Process) -> None:
+    """score_from_mean(x_t, mu, t) = sum_x0 mu(x0) Q(t)[x0, j] / Q(t)[x0, x_t] over the x0 that
+    can produce x_t, from the dense marginal, with a different t at every position."""
+    gen = torch.Generator().manual_seed(SEED + 3)
+    V, rows = process.vocab_size, 2
+    times = _t(TIMES)
+    marginal = process.marginal_matrix(times)[:, :V]  # [T, V, S]
+    when, k = _cases((marginal > 0).any(1))  # every state some clean token produces at t
+    column = marginal[when, :, k]  # [M, V]: q(x_t = k | x0)
+    layout = _PositionLayout(len(k), rows, gen)
+    mean = layout.per_row(_random_means(column > 0, rows, gen))  # on the x0 that produce x_t
+    weights = torch.where(mean > 0, mean / layout(column).clamp_min(1e-300), 0.0)
+    expected = torch.einsum("rmv,rmvj->rmj", weights, layout(marginal[when][..., :V]))
+    x_t, t = layout(k), layout(times[when])
+    actual = process.score_from_mean(x_t, mean, t)
+    if tuple(actual.shape) != (rows, len(k), V) or actual.dtype != _F64:
+        fail("score_from_mean must return float64 ratios of shape [B, N, V]", shape=tuple(actual.shape),
+             dtype=str(actual.dtype))
+    assert_close(actual, expected, "score_from_mean vs sum over x0 of mu(x0) Q(t)[x0, j] / Q(t)[x0, x_t] "
+                 "(dense marginal, a different t at every position)", atol=1e-12, rtol=1e-9,
+                 t=t, x_t=x_t, mean=mean)
+
+
+def check_process_reverse_rates(process: Process) -> None:
+    """reverse_rates(x_t, s, t) is row x_t of the reverse generator: R(t)[y, x_t] s_y off the
+    diagonal, minus their sum on it (random ratios, a different t at every position); with the
+    true ratios of a data distribution it reverses the forward equation,
+    sum_x q_t(x) Rhat_t(x -> y) = -(q_t R(t))_y."""
+    gen = torch.Generator().manual_seed(SEED + 4)
+    V, S, rows = process.vocab_size, process.num_states, 2
+    times = _t(RATE_TIMES)
+    rates = process.rate_matrix(times)  # [T, S, S]
+    scale = 1.0 + float(rates.abs().max())
+    when, k = _cases(torch.ones(len(times), S, dtype=torch.bool))  # every state at every time
+    layout = _PositionLayout(len(k), rows, gen)
+    x_t, t = layout(k), layout(times[when])
+    score = layout.per_row(torch.exp(torch.randn(rows, len(k), V, generator=gen, dtype=_F64)))
+    into = layout(rates[when, :, k])  # [rows, M, S]: R(t)[y, x_t]
+    off = torch.zeros(rows, len(k), S, dtype=_F64)
+    off[..., :V] = into[..., :V] * score
+    off = off.scatter(-1, x_t[..., None], 0.0)
+    expected = off.scatter(-1, x_t[..., None], -off.sum(-1, keepdim=True))
+    actual = process.reverse_rates(x_t, score, t)
+    if tuple(actual.shape) != (rows, len(k), S) or actual.dtype != _F64:
+        fail("reverse_rates must return float64 rows of shape [B, N, S]", shape=tuple(actual.shape),
+             dtype=str(actual.dtype))
+    assert_close(actual, expected, "reverse_rates vs R(t)[y, x_t] s_y from the dense generator (a "
+                 "different t at every position)", atol=1e-12 * scale, rtol=1e-9, t=t, x_t=x_t,
+                 score=score)
+    # the true ratios q_t(y) / q_t(x) of a data distribution: the time reversal of the chain
+    q = _data_law(process, gen) @ process.marginal_matrix(times)[:, :V]  # [T, S]
+    when, k = _cases(q > 0)
+    order = torch.randperm(len(k), generator=gen)  # one sequence, times in no particular order
+    when, k = when[order], k[order]
+    true = q[when, :V] / q[when, k][:, None]
+    reverse = process.reverse_rates(k[None], true[None], times[when][None])[0]  # [M, S]
+    flux = torch.zeros(len(times), S, dtype=_F64).index_add_(0, when, q[when, k][:, None] * reverse)
+    forward = torch.einsum("ts,tsy->ty", q, rates)  # d/dt q_t = q_t R(t)
+    assert_close(flux, -forward, "sum over x of q_t(x) reverse_rates(x -> y) with the true ratios "
+                 "q_t(y) / q_t(x) vs -(q_t R(t))_y (the time reversal of the forward equation)",
+                 atol=1e-10 * scale, rtol=1e-8, t=times)
+
+
+def _invertible(matrix: Tensor) -> bool:
+    return bool(torch.linalg.cond(matrix) < 1e12)
+
+
+def check_process_score_posterior(process: Process) -> None:
+    """With the true ratios q_t(y) / q_t(x_t) of a data distribution, the analytic step
+    score_posterior(x_t, s, s_time, t) is the exact reverse transition
+    q(x_s = y | x_t) = q_s(y) Q(s, t)[y, x_t] / q_t(x_t), from the dense matrices, with a
+    different (s, t) at every position (pairs with Q(s, t) invertible)."""
+    gen = torch.Generator().manual_seed(SEED + 5)
+    V, rows = process.vocab_size, 2
+    law = _data_law(process, gen)
+    pairs = [(s, t) for s, t in _POSTERIOR_PAIRS if t < 1.0
+             and _invertible(process.transition_matrix(_t(s), _t(t)))]
+    s_times, t_times = _t([p[0] for p in pairs]), _t([p[1] for p in pairs])
+    q_s = law @ process.marginal_matrix(s_times)[:, :V]  # [P, S]
+    q_t = law @ process.marginal_matrix(t_times)[:, :V]
+    q_st = process.transition_matrix(s_times, t_times)  # [P, S, S]
+    when, k = _cases(q_t > 0)
+    exact = q_s[when] * q_st[when, :, k] / q_t[when, k][:, None]  # [M, S]
+    true = q_t[when, :V] / q_t[when, k][:, None]  # [M, V]
+    layout = _PositionLayout(len(k), rows, gen)
+    x_t, s, t = layout(k), layout(s_times[when]), layout(t_times[when])
+    actual = process.score_posterior(x_t, layout(true), s, t)
+    assert_close(actual, layout(exact), "score_posterior with the true ratios vs the exact reverse "
+                 "transition q_s(y) Q(s, t)[y, x_t] / q_t(x_t) (dense, a different (s, t) at every "
+                 "position)", atol=1e-9, s=s, t=t, x_t=x_t)
+
+
+def check_process_score_entropy(process: Process) -> None:
+    """score_entropy(x0, x_t, log s, t) = sum_{y != x_t} R(t)[y, x_t] (s_y - r_y log s_y +
+    r_y log r_y - r_y) with r_y = Q(t)[x0, y] / Q(t)[x0, x_t] from the dense matrices (random
+    ratios, a different t at every position); it is >= 0, and 0 at the true ratios s = r."""
+    gen = torch.Generator().manual_seed(SEED + 6)
+    V, rows = process.vocab_size, 2
+    times = _t(RATE_TIMES)
+    rates = process.rate_matrix(times)  # [T, S, S]
+    scale = 1.0 + float(rates.abs().max())
+    marginal = process.marginal_matrix(times)[:, :V]  # [T, V, S]
+    when, x0, k = _cases(marginal > 0)  # every (x0, x_t) with q(x_t | x0) > 0
+    ratio = marginal[when, x0, :V] / marginal[when, x0, k][:, None]  # [M, V]
+    weight = rates[when, :V, k].scatter(-1, k.clamp_max(V - 1)[:, None], 0.0)  # R(t)[y, x_t], y != x_t
+    weight = torch.where(k[:, None] < V, weight, rates[when, :V, k])
+    layout = _PositionLayout(len(k), rows, gen)
+    log_score = torch.randn(rows, len(k), V, generator=gen, dtype=_F64)
+    r, w = layout(ratio), layout(weight)
+    terms = log_score.exp() - r * log_score + torch.xlogy(r, r) - r
+    expected = torch.where(w > 0, w * terms, 0.0).sum(-1)
+    clean, x_t, t = layout(x0), layout(k), layout(times[when])
+    actual = process.score_entropy(clean, x_t, log_score, t)
+    assert_close(actual, expected, "score_entropy vs sum over y != x_t of R(t)[y, x_t] (s_y - r_y "
+                 "log s_y + r_y log r_y - r_y) from the dense matrices (a different t at every "
+                 "position)", atol=1e-10 * scale, rtol=1e-9, t=t, x0=clean, x_t=x_t)
+    negative = actual < -1e-12 * scale
+    if bool(negative.any()):
+        b, n = (int(i) for i in negative.nonzero()[0])
+        fail("score_entropy must be >= 0 (a Bregman divergence between the ratios and the true "
+             "ones)", value=actual[b, n], t=t[b, n], x0=clean[b, n], x_t=x_t[b, n])
+    at_truth = process.score_entropy(clean, x_t, torch.log(r), t)
+    assert_close(at_truth, torch.zeros_like(at_truth), "score_entropy at the true ratios "
+                 "r_y = Q(t)[x0, y] / Q(t)[x0, x_t] (must be 0)", atol=1e-10 * scale, t=t, x0=clean,
+                 x_t=x_t)
+
+
 def check_process_prior_kl(process: Process) -> None:
     """prior_kl(x0) = KL(Q(1)[x0, :] || prior) from the dense matrices."""
     V = process.vocab_size
@@ -505,21 +700,41 @@ def check_process_absorbing(process: Process) -> None:
 
 
 def _implements(process: Process, method: str) -> bool:
-    return getattr(type(process), method, None) is not getattr(Process, method)
+    return getattr(type(process), method, None) not in (None, getattr(Process, method))
+
+
+def _score_form_applies(process: Process) -> bool:
+    """The score methods exist and the process fits them: every state beyond the clean
+    vocabulary is absorbing (its row of R(t) is 0), so no reverse rate needs its ratio."""
+    if not all(callable(getattr(process, name, None)) for name in SCORE_METHODS):
+        return False
+    V, S = process.vocab_size, process.num_states
+    if S == V:
+        return True
+    try:
+        rates = process.rate_matrix(_t(0.5))
+    except Exception:  # noqa: BLE001 - a broken rate matrix is the rate checks' report
+        return True
+    return not bool((rates[V:] != 0).any())
 
 
 def applicable_checks(process: Process) -> list:
-    """The checks that apply to ``process``: the continuous-ELBO check only when
-    ``continuous_elbo`` is implemented, the absorbing-state check only with the
-    ``"absorbing"`` capability."""
+    """The checks that apply to ``process``: the score checks when the score form applies
+    (every extra state absorbing), the continuous-ELBO check when ``continuous_elbo`` is
+    overridden or the generic one (score entropy of the mean's ratios) applies, the
+    absorbing-state check only with the ``"absorbing"`` capability."""
     checks = [check_process_attributes, check_process_transitions_are_distributions,
               check_process_identity_at_equal_times, check_process_chapman_kolmogorov,
               check_process_marginal_closed_form, check_process_marginal_sampling,
               check_process_prior_reached, check_process_rate_matrix_is_generator,
               check_process_kolmogorov_equations, check_process_expm_of_integrated_rates,
               check_process_posterior_bayes, check_process_discrete_elbo_is_posterior_kl]
-    if _implements(process, "continuous_elbo"):
+    score_form = _score_form_applies(process)
+    if _implements(process, "continuous_elbo") or score_form:
         checks.append(check_process_continuous_elbo_is_limit)
+    if score_form:
+        checks += [check_process_score_from_mean, check_process_reverse_rates,
+                   check_process_score_posterior, check_process_score_entropy]
     checks.append(check_process_prior_kl)
     if "absorbing" in process.capabilities:
         checks.append(check_process_absorbing)

@@ -7,7 +7,14 @@ The checks drive the sampler with denoisers whose behaviour is known:
   outside its row, so any sampler output for one row must be independent of the others;
 * :class:`PointMassDenoiser` — the exact optimal denoiser for data that is always the same
   sequence ``y``: :math:`\log \mu = \log e_y` at every position, whatever :math:`x_t` and
-  :math:`t` are.
+  :math:`t` are;
+* :class:`TimeCheckingDenoiser` — the same logits, and a record of any call whose ``t``
+  cannot have produced its ``x_t`` from the data.
+
+A sampler is run as it was built: the time handling under test is that of the
+parameterization it was constructed with (``sampler.parameterization``, e.g.
+``ddkit.build("sampler", "ancestral", parameterization={"name": "mean",
+"time_conditioning": True})``); check a sampler once per parameterization you ship.
 
 Checks:
 
@@ -42,6 +49,15 @@ Checks:
   :math:`[0, 1]`; with a parameterization without time conditioning ``t`` is one constant
   (the promise that makes caching valid), with time conditioning each row's ``t`` never
   increases from one call to the next (a sampler walks from 1 to 0).
+* ``check_sampler_time_conditioned_denoiser`` (the sampler's ``parameterization`` declares
+  ``time_conditioning``) — run with :class:`TimeCheckingDenoiser`, the optimal denoiser for
+  point-mass data ``y`` that also checks its time: every state :math:`x_t` it is handed must
+  be one the forward process can produce from ``y`` at the ``t`` handed with it,
+  :math:`\bar Q(t)_{y_n, x_t^n} > 0`. A sampler that ignores the parameterization's time
+  handling and feeds ``t = 0`` to a noisy state fails (nothing is noisy where
+  :math:`\alpha_t = 1`), as does one that feeds ``1 - t`` or the target time of its last
+  step while noise remains. Exact, not statistical; it cannot see a wrong ``t`` at which the
+  state is still possible (with a schedule whose :math:`\alpha_0 < 1` not even ``t = 0``).
 * ``check_sampler_rejects_invalid_prompt`` — a prompt with an out-of-range token or a
   floating dtype raises ``ValueError``.
 
@@ -56,9 +72,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..process import Process
+from ..process import Process, per_token
 from ..sampler import SampleResult
 from ._failures import fail
+from .oracles import channel_likelihood
 from .stats import DEFAULT_DELTA, two_sample_frequency_bound
 
 SEED = 20250102
@@ -112,6 +129,37 @@ class PointMassDenoiser:
 
     def __call__(self, x_t: Tensor, t: Tensor) -> Tensor:
         return self.logits.to(x_t.device).expand(x_t.shape[0], -1, -1)
+
+
+class TimeCheckingDenoiser:
+    r"""The optimal denoiser for data that is always ``target`` (the logits of
+    :class:`PointMassDenoiser`) that also checks the time it is given: every position ``n``
+    of ``x_t`` must be a state that the forward process can produce from the data at that
+    time, :math:`\bar Q(t)_{y_n, x_t^n} > 0`. The first call that breaks this is kept in
+    ``impossible`` (the call, row, position, state and time).
+
+    A sampler that hands a time-conditioned denoiser ``t = 0`` (or ``1 - t``, or the next
+    time ``s`` on its last step) while the state is still noisy shows it: nothing is noisy at
+    a time where :math:`\alpha = 1`."""
+
+    def __init__(self, target: Tensor, process: Process):
+        self.point_mass = PointMassDenoiser(target, process.vocab_size)
+        self.target, self.process = target, process
+        self.calls = 0
+        self.impossible: dict | None = None
+
+    def __call__(self, x_t: Tensor, t: Tensor) -> Tensor:
+        self.calls += 1
+        if self.impossible is None:
+            times = per_token(torch.as_tensor(t).detach().double().cpu(), x_t.cpu())
+            channel = channel_likelihood(self.process, x_t.cpu(), times)  # [B, N, V]: Q(t)[v, x_t]
+            from_data = channel.gather(-1, self.target[None, :, None].expand(*x_t.shape, 1))[..., 0]
+            if bool((from_data <= 0).any()):
+                b, n = (int(i) for i in (from_data <= 0).nonzero()[0])
+                self.impossible = {"call": self.calls - 1, "row": b, "position": n,
+                                   "state": int(x_t[b, n]), "data_token": int(self.target[n]),
+                                   "t": float(times[b, n])}
+        return self.point_mass(x_t, t)
 
 
 class CallRecorder:
@@ -371,6 +419,26 @@ def check_sampler_time_argument(sampler, process: Process) -> None:
         previous = current
 
 
+def _time_conditioned(sampler) -> bool:
+    return bool(getattr(getattr(sampler, "parameterization", None), "time_conditioning", False))
+
+
+def check_sampler_time_conditioned_denoiser(sampler, process: Process) -> None:
+    """With a time-conditioned parameterization the denoiser gets the sampler's current time:
+    every state it is handed is one the forward process can produce from the data at the
+    time it is handed with (point-mass data y, no prompt)."""
+    V = process.vocab_size
+    target = torch.randint(0, V, (8,), generator=_gen(SEED + 6))
+    denoiser = TimeCheckingDenoiser(target, process)
+    result = _run(sampler, denoiser, process, num_samples=16, length=8)
+    _check_tokens(sampler, result, process, (16, 8), "time-conditioned denoiser")
+    if denoiser.impossible is not None:
+        fail("a time-conditioned denoiser was handed a state that the forward process cannot "
+             "produce from the data at the time it was given (q(x_t | x_0) = 0): the sampler "
+             "does not pass its current time through the parameterization (t = 0, or another "
+             "time than the state's?)", **denoiser.impossible)
+
+
 def check_sampler_rejects_invalid_prompt(sampler, process: Process) -> None:
     """Prompts with out-of-range tokens or a floating dtype raise ValueError."""
     V = process.vocab_size
@@ -395,6 +463,8 @@ def applicable_checks(sampler, process: Process) -> list:
     checks += [check_sampler_deterministic_under_seed]
     if not _variable_length(sampler):
         checks.append(check_sampler_batch_permutation_equivariance)
-    checks += [check_sampler_dtype_and_device, check_sampler_time_argument,
-               check_sampler_rejects_invalid_prompt]
+    checks += [check_sampler_dtype_and_device, check_sampler_time_argument]
+    if _time_conditioned(sampler) and not _variable_length(sampler):
+        checks.append(check_sampler_time_conditioned_denoiser)
+    checks.append(check_sampler_rejects_invalid_prompt)
     return checks

@@ -68,9 +68,13 @@ class MaskedProcess(ddkit.Process):
         # from the data, not from time 0: differs from transition_matrix(0, t) when alpha_0 < 1
         return self._keep_matrix(self._alpha(t))
 
-    def rate_matrix(self, t: Tensor) -> Tensor:
+    def _beta(self, t: Tensor) -> Tensor:
+        r""":math:`\beta(t) = -\alpha'_t/\alpha_t`, finite (``α`` clipped at the smallest double)."""
         t = torch.as_tensor(t, dtype=torch.float64)
-        beta = -self.schedule.alpha_prime(t) / self._alpha(t).clamp_min(_TINY)
+        return -self.schedule.alpha_prime(t) / self._alpha(t).clamp_min(_TINY)
+
+    def rate_matrix(self, t: Tensor) -> Tensor:
+        beta = self._beta(t)
         S, m = self.num_states, self.mask_id
         base = -torch.eye(S, dtype=torch.float64, device=beta.device)
         base[:, m] += 1.0
@@ -125,6 +129,84 @@ class MaskedProcess(ddkit.Process):
         a_s, a_t = self._alpha(per_token(s, x0)), self._alpha(per_token(t, x0))
         weight = (a_s - a_t) / (1.0 - a_t).clamp_min(_TINY)
         return weight.to(log_mean.dtype) * self._masked_nll(x0, x_t, log_mean)
+
+    # -- the score (ratio) form, closed ----------------------------------------------------
+    #
+    # Only the mask has reverse rates: column m of R(t) is beta(t) on every clean row, the
+    # column of a clean token is 0 off the diagonal (a clean token jumps only to the mask, the
+    # mask row is 0). Each method equals the generic dense one of ddkit.Process, elementwise
+    # in the per-token times (no loop over distinct times).
+
+    def score_from_mean(self, x_t: Tensor, mean: Tensor, t: Tensor) -> Tensor:
+        r"""At the mask :math:`s(m, t)_j = \frac{\alpha_t}{1-\alpha_t}\mu_j`; at a clean
+        :math:`x_t` only :math:`x_0 = x_t` produces it, so :math:`s_j = \mu_{x_t}\delta_{j x_t}`
+        (1 with the mean's carry-over). Clean tokens that cannot produce :math:`x_t` drop out:
+        every one at the mask when :math:`\alpha_t = 1`, and :math:`x_t` itself when
+        :math:`\alpha_t = 0`."""
+        V = self.vocab_size
+        a = self._alpha(per_token(t, x_t))[..., None]
+        masked = (x_t == self.mask_id)[..., None]
+        likelihood = torch.where(masked, 1.0 - a, a)  # q(x_t | x_0) of every x_0 that can produce x_t
+        scale = torch.where(likelihood > 0, a / likelihood.clamp_min(_TINY), 0.0)
+        scaled = mean.to(torch.float64) * scale  # [B, N, V]
+        own = x_t.clamp_max(V - 1)[..., None]
+        at_clean = torch.zeros_like(scaled).scatter(-1, own, scaled.gather(-1, own))
+        return torch.where(masked, scaled, at_clean)
+
+    def reverse_rates(self, x_t: Tensor, score: Tensor, t: Tensor) -> Tensor:
+        r""":math:`\hat R_t(m \to j) = \beta(t)\, s_j` for clean :math:`j`, the diagonal
+        minus their sum; a clean token has no reverse rate."""
+        V, m = self.vocab_size, self.mask_id
+        beta = self._beta(per_token(t, x_t))[..., None]
+        score = score.to(torch.float64)
+        masked = (x_t == m)[..., None]
+        # a zero ratio stays zero where the rate is huge (alpha_t = 0)
+        into = torch.where(masked & (beta > 0) & (score > 0), beta * score, 0.0)
+        rates = torch.zeros(*x_t.shape, self.num_states, dtype=torch.float64, device=x_t.device)
+        rates[..., :V] = into
+        rates[..., m] = -into.sum(-1)
+        return rates
+
+    def score_posterior(self, x_t: Tensor, score: Tensor, s: Tensor, t: Tensor) -> Tensor:
+        r"""Closed form of the analytic step: with :math:`k = \alpha_t/\alpha_s` (1 once
+        :math:`\alpha_s = 0`), :math:`\bar Q(s,t)^{-1}` maps the ratios to
+        :math:`\hat s_j/k` on clean :math:`j` and :math:`1 - \frac{1-k}{k}\sum_j \hat s_j` on
+        the mask, so from the mask :math:`p(j) \propto (1-k)\,\hat s_j^+` and
+        :math:`p(m) \propto [k - (1-k)\sum_j \hat s_j]^+` (a factor :math:`1/k` dropped); a
+        clean token stays. Raises where :math:`\alpha_t = 0 < \alpha_s` (:math:`k = 0`), as
+        the generic form does."""
+        a_s, a_t = self._alpha(per_token(s, x_t)), self._alpha(per_token(t, x_t))
+        singular = (a_t <= 0) & (a_s > 0)
+        if bool(singular.any()):  # as the generic form: Q(s, t) cannot be inverted there
+            index = tuple(int(i) for i in singular.nonzero()[0])
+            raise ValueError(
+                f"the analytic step from t = {float(per_token(t, x_t)[index])} to "
+                f"s = {float(per_token(s, x_t)[index])} needs an invertible transition matrix; "
+                f"Q(s, t) is singular (alpha_t = 0). Start below the singular time or use a "
+                f"schedule with alpha_1 > 0")
+        V, m = self.vocab_size, self.mask_id
+        keep = torch.where(a_s > 0, a_t / a_s.clamp_min(_TINY), torch.ones_like(a_t))
+        score = score.to(torch.float64)
+        probs = torch.empty(*x_t.shape, self.num_states, dtype=torch.float64, device=x_t.device)
+        probs[..., :V] = (1.0 - keep)[..., None] * score.clamp_min(0.0)
+        probs[..., m] = (keep - (1.0 - keep) * score.sum(-1)).clamp_min(0.0)
+        total = probs.sum(-1, keepdim=True)
+        from_mask = torch.where(total > 0, probs / total.clamp_min(_TINY), probs)
+        clean = torch.nn.functional.one_hot(x_t, self.num_states).to(torch.float64)
+        return torch.where((x_t == m)[..., None], from_mask, clean)
+
+    def score_entropy(self, x0: Tensor, x_t: Tensor, log_score: Tensor, t: Tensor) -> Tensor:
+        r"""At the mask, with :math:`r = \frac{\alpha_t}{1-\alpha_t}` the true ratio of
+        :math:`x_0`: :math:`\beta(t)\big(\sum_j s_j - r\log s_{x_0} + r\log r - r\big)`; 0 at
+        a clean token (no reverse rate)."""
+        t_ = per_token(t, x_t)
+        a, beta = self._alpha(t_), self._beta(t_)
+        log_score = log_score.to(torch.float64)
+        ratio = a / (1.0 - a).clamp_min(_TINY)
+        log_at_x0 = log_score.gather(-1, x0[..., None]).squeeze(-1)
+        cross = torch.where(ratio > 0, ratio * log_at_x0, 0.0)
+        terms = log_score.exp().sum(-1) - cross + torch.xlogy(ratio, ratio) - ratio
+        return torch.where((x_t == self.mask_id) & (beta > 0), beta * terms, 0.0)
 
     def prior_kl(self, x0: Tensor) -> Tensor:
         r""":math:`\mathrm{KL}(q(x_1|x_0) \| \delta_m)`: zero when :math:`\alpha_1 = 0`,

@@ -394,13 +394,6 @@ class MatrixProcess(ddkit.Process):
         impossible = out.sum(-1, keepdim=True) <= 0
         return torch.where(impossible, torch.nn.functional.one_hot(x_t, S).to(out), out)
 
-    def continuous_elbo(self, x0: Tensor, x_t: Tensor, log_mean: Tensor, t: Tensor) -> Tensor:
-        r"""The CTMC integrand of the module docstring (score entropy with the mean's ratios).
-        Where :math:`\alpha_t = 0` exactly the dense product :math:`R(t)_{y x} s_y` is
-        :math:`\infty \cdot 0` and is taken as 0 (a single time, of measure zero)."""
-        score = self.score_from_mean(x_t, log_mean.to(torch.float64).exp(), t)
-        return self.score_entropy(x0, x_t, torch.log(score), t).to(log_mean.dtype)
-
 
 class MatrixParams(ddkit.params_model(MatrixProcess)):
     # the signature's parameters; the generator they describe is checked before the process is

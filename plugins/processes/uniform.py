@@ -31,7 +31,8 @@ With the schedule :math:`\alpha_t` and :math:`u_t = (1 - \alpha_t)/V`:
                            1 + a_t & x_t \ne x_0,\ y = x_0 \\
                            1 & \text{otherwise} \end{cases}
 
-  which is :math:`O(V)` per token.
+  which is :math:`O(V)` per token: the generic :meth:`ddkit.Process.continuous_elbo` on the
+  closed forms of :meth:`score_from_mean` and :meth:`score_entropy`.
 
 Relation to UDLM / D3PM: those papers plug the network's prediction :math:`\tilde x_\theta`
 into the posterior formula, :math:`q(x_s \mid x_t, x_0 = \tilde x_\theta)`, which equals the
@@ -141,12 +142,16 @@ class UniformProcess(ddkit.Process):
         return column * from_x0
 
     def score_from_mean(self, x_t: Tensor, mean: Tensor, t: Tensor) -> Tensor:
-        a = self._snr(self._alpha(per_token(t, x_t)))[..., None]
+        r"""The ratios in the module docstring; where :math:`\alpha_t = 1` (no noise) only
+        :math:`x_0 = x_t` produces :math:`x_t` and every other ratio is 0."""
+        alpha = self._alpha(per_token(t, x_t))[..., None]
+        noiseless = alpha >= 1.0
+        a = torch.where(noiseless, 0.0, self._snr(alpha))  # finite, also for the gradient
         mean = mean.to(torch.float64)
         mean_x = mean.gather(-1, x_t[..., None])
         # 1 - a mu_x / (1 + a), written to stay >= 0 when a is large
         base = (1.0 + a * (1.0 - mean_x).clamp_min(0.0)) / (1.0 + a)
-        return (base + a * mean).scatter(-1, x_t[..., None], 1.0)
+        return torch.where(noiseless, 0.0, base + a * mean).scatter(-1, x_t[..., None], 1.0)
 
     def reverse_rates(self, x_t: Tensor, score: Tensor, t: Tensor) -> Tensor:
         rate = (self._beta(per_token(t, x_t)) / self.vocab_size)[..., None]
@@ -196,12 +201,6 @@ class UniformProcess(ddkit.Process):
         entropy = torch.where(same, -(V - 1) * (log1p_a + 1.0) / (1.0 + a),
                               (1.0 + a) * log1p_a - (V - 1) - a)
         return self._beta(t_) / V * (score_sum - cross + entropy)
-
-    def continuous_elbo(self, x0: Tensor, x_t: Tensor, log_mean: Tensor, t: Tensor) -> Tensor:
-        r"""The integrand in the module docstring: :meth:`score_entropy` with the ratios
-        implied by :math:`\mu_\theta` (:meth:`score_from_mean`)."""
-        score = self.score_from_mean(x_t, log_mean.to(torch.float64).exp(), t)
-        return self.score_entropy(x0, x_t, torch.log(score), t).to(log_mean.dtype)
 
 
 @ddkit.hookimpl
