@@ -63,7 +63,7 @@ BROKEN = [
     ("model.widht=32", ["model.widht (model 'dit'): unknown key", "did you mean 'width'?"]),
     ("sampler.stepz=4", ["sampler.stepz (sampler 'ancestral'): unknown key", "did you mean 'steps'?"]),
     # unknown plugin names: installed names and "did you mean"
-    ("model.name=ditt", ["model.name: no model named 'ditt'", "installed: dit", "Did you mean 'dit'?"]),
+    ("model.name=ditt", ["model.name: no model named 'ditt'", "installed: ", "dit", "Did you mean 'dit'?"]),
     ("sampler={name: ancestrl}", ["sampler.name: no sampler named 'ancestrl'", "first_hitting",
                                   "Did you mean 'ancestral'?"]),
     ("process.schedule=cosin", ["process.schedule.name: no schedule named 'cosin'", "Did you mean 'cosine'?"]),
@@ -184,7 +184,7 @@ def test_json_schema_lists_plugins_and_parameters():
     schema = pipeline_json_schema()
     json.dumps(schema)  # serialisable
     model = schema["properties"]["model"]["anyOf"]
-    assert {"type": "string", "enum": ["dit"]} in model
+    assert any(o.get("type") == "string" and "dit" in o["enum"] for o in model)
     dit = next(o for o in model if o.get("title") == "model dit")
     assert "width" in dit["properties"] and dit["additionalProperties"] is False
     assert "vocab_size" not in dit["required"]  # provided by the pipeline
