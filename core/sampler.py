@@ -86,14 +86,15 @@ SamplerSpec = Component("sampler")
 @dataclass
 class SampleResult:
     """Samples ``tokens`` (``[B, N]``), the number of denoiser calls ``nfe``, the number of
-    sampler ``steps`` taken, and the states after every step if recorded (first entry: the
-    initial state)."""
+    sampler ``steps`` taken, the states after every step if recorded (first entry: the
+    initial state), and sampler-specific counts in ``info``."""
 
     tokens: Tensor
     nfe: int
     steps: int
     trajectory: list[Tensor] | None = None
     fixed: Tensor | None = field(default=None, repr=False)
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 def time_grid(num_steps: int, grid: Grid = "uniform", *, dtype: torch.dtype = torch.float64,
@@ -172,8 +173,8 @@ class DenoiserCalls:
 class SamplerState:
     """What a sampler step reads and writes.
 
-    * ``x`` (``[B, N]``): the current tokens; ``fixed``: positions never changed (the
-      prompt's; a wrapper may also hold masked positions fixed, see ``holds_masks``);
+    * ``x`` (``[B, N]``): the current tokens; ``fixed``: the prompt's positions (clean
+      tokens), never changed;
     * ``t``: the current time, ``[B]`` float64 (1 at the start); ``step``: steps taken;
     * ``process``, ``calls`` (:class:`DenoiserCalls`: ``calls.nfe`` is the NFE so far) and
       ``generator``: what a step draws with;
@@ -182,7 +183,8 @@ class SamplerState:
     * ``scratch``: per-run values a sampler computes once in :meth:`Sampler.start` (a time
       grid, per-step probabilities); samplers keep them here, not on ``self``, so that one
       sampler object can run several samplings;
-    * ``trajectory``: the states after every step, when recorded (first: the initial state).
+    * ``trajectory``: the states after every step, when recorded (first: the initial state);
+    * ``info``: counts a sampler reports beside the NFE (e.g. KV-cache commit passes).
     """
 
     x: Tensor
@@ -196,12 +198,7 @@ class SamplerState:
     cache: Any = None
     scratch: dict[str, Any] = field(default_factory=dict)
     trajectory: list[Tensor] | None = None
-
-    def __post_init__(self):
-        mask_id = self.process.mask_id
-        #: whether some fixed positions are masked (held back, e.g. the later blocks of a
-        #: semi-autoregressive sampler): steps must then leave those masks in place
-        self.holds_masks = mask_id is not None and bool(((self.x == mask_id) & self.fixed).any())
+    info: dict[str, Any] = field(default_factory=dict)
 
     @property
     def nfe(self) -> int:
@@ -213,7 +210,7 @@ class SamplerState:
 
     def result(self) -> SampleResult:
         return SampleResult(tokens=self.x, nfe=self.calls.nfe, steps=self.step,
-                            trajectory=self.trajectory, fixed=self.fixed)
+                            trajectory=self.trajectory, fixed=self.fixed, info=self.info)
 
 
 class Corrector:
@@ -319,14 +316,12 @@ class Sampler:
         """Per-run set-up before the first step."""
 
     def finished(self, state: SamplerState) -> bool:
-        """Whether to stop; by default once no free masked position remains (the quick test
-        for any mask suffices unless masks are held fixed). A sampler for processes without
-        a mask implements its own."""
+        """Whether to stop; by default once no masked position remains (fixed positions hold
+        clean tokens, so these are the free masked ones). A sampler for processes without a
+        mask implements its own."""
         if state.process.mask_id is None:
             raise NotImplementedError(f"{type(self).__name__} must implement finished() for a process "
                                       f"without a mask ({type(state.process).__name__})")
-        if state.holds_masks:
-            return not bool(state.free_masked().any())
         return not bool((state.x == state.process.mask_id).any())
 
     def step(self, state: SamplerState) -> None:

@@ -49,12 +49,9 @@ def masked_step(state: SamplerState, logits: Tensor, p_unmask: Tensor | float, *
     """The masked posterior step: each masked token unmasks w.p. ``p_unmask`` (a number, per
     sequence or per position) and draws its token from the filtered mean (``logits``:
     :meth:`ddkit.DenoiserCalls.mean_logits`; ``argmax``: the most likely token). Draws two
-    uniforms per position, in that order. Only free masked positions change (fixed positions
-    are clean, or masks held in place). Returns the new tokens."""
+    uniforms per position, in that order. Only masked positions change, so fixed positions
+    stay as they are. Returns the new tokens."""
     x, generator = state.x, state.generator
-    if state.holds_masks:  # masked positions held fixed never unmask
-        p = torch.as_tensor(p_unmask, dtype=torch.float64, device=x.device)
-        p_unmask = torch.where(state.fixed, 0.0, p[:, None] if p.dim() == 1 else p)
     u_move = torch.rand(x.shape, generator=generator, dtype=torch.float64, device=x.device)
     u_token = torch.rand(x.shape, generator=generator, dtype=torch.float64, device=x.device)
     return kernels.masked_step(

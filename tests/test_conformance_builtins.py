@@ -35,6 +35,12 @@ SAMPLERS = [
     ("euler", {"steps": 4, "parameterization": TIMED}),
     ("analytic", {"steps": 4, "top_p": 0.9}),
     ("analytic", {"steps": 4, "parameterization": TIMED}),
+    ("semi_ar", {"block_length": 2, "sampler": {"name": "ancestral", "steps": 4}}),
+    ("semi_ar", {"block_length": 3, "sampler": {"name": "ancestral", "steps": 3,
+                                                "rule": {"name": "remdm", "strategy": "rescale", "eta": 0.5}}}),
+    ("ancestral", {"steps": 6, "rule": {"name": "remdm", "strategy": "loop"}}),
+    ("ancestral", {"steps": 6, "rule": "maskgit"}),
+    ("ancestral", {"steps": 6, "rule": "threshold"}),
 ]
 
 PAIRS = [(ddkit.build("sampler", name, **params), masked(schedule))
