@@ -233,14 +233,14 @@ class Pipeline:
         return copy.deepcopy(self.config.model_dump(mode="json"))
 
     def eval_loss(self, *, time_sampling: str | None = None, discrete_steps: int | None = None) -> ddkit.Loss:
-        """The evaluation loss: the training loss (or ``discrete_elbo`` with ``T`` steps) with
-        the given time sampling."""
+        """The evaluation loss: the training loss's bound (:meth:`ddkit.Loss.evaluation`), or
+        ``discrete_elbo`` with ``T`` steps, with the given time sampling."""
         spec = self.config.loss if discrete_steps is None else {"name": "discrete_elbo", "num_steps": discrete_steps}
         name, params = split_spec(spec)
         if time_sampling is not None and "time_sampling" in ddkit.get_registry().get("loss", name).params.model_fields:
             params["time_sampling"] = time_sampling
         values = {"process": self.process, "parameterization": self.parameterization}
-        loss = build_component("loss", {"name": name, **params}, values, where="loss")
+        loss = build_component("loss", {"name": name, **params}, values, where="loss").evaluation()
         return loss.to(self.device)  # a learnable schedule is shared through self.process
 
     def autocast(self) -> torch.autocast:
@@ -251,7 +251,10 @@ class Pipeline:
 
 
 class AutocastDenoiser:
-    """A network called under the pipeline's autocast: a denoiser for losses and samplers."""
+    """A network called under the pipeline's autocast: a denoiser for losses and samplers.
+    The network's other attributes show through (declared capabilities such as
+    ``block_causal``), and its other methods (a KV cache's ``extend``, ...) run under the
+    autocast too."""
 
     def __init__(self, model: torch.nn.Module, pipeline: Pipeline):
         self.model, self.pipeline = model, pipeline
@@ -259,3 +262,14 @@ class AutocastDenoiser:
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         with self.pipeline.autocast():
             return self.model(x_t, t)
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self.model, name)
+        if not callable(value):
+            return value
+
+        def under_autocast(*args: Any, **kwargs: Any) -> Any:
+            with self.pipeline.autocast():
+                return value(*args, **kwargs)
+
+        return under_autocast

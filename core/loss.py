@@ -103,6 +103,11 @@ class Loss(nn.Module):
                 generator: torch.Generator | None = None) -> LossOutput:
         raise NotImplementedError
 
+    def evaluation(self) -> Loss:
+        """The loss to report on held-out data: this one, unless it trains on a biased
+        objective (e.g. clipped noise levels), whose bound version it then returns."""
+        return self
+
 
 class ContinuousTimeLoss(Loss):
     r"""A continuous-time objective :math:`\int_{t_{min}}^1 \mathbb E_{q(x_t \mid x_0)}
