@@ -19,7 +19,7 @@ import click
 import ddkit
 from ddkit.config import ConfigError
 
-from .checkpoint import CHECKPOINT_NAME, atomic_write_text, load_checkpoint
+from .checkpoint import CHECKPOINT_NAME, load_checkpoint
 from .pipeline import Pipeline
 from .pipeline_config import known_vocab_size, load_pipeline, load_resolved, pipeline_json_schema
 from .training import TrainingInterrupted
@@ -140,7 +140,7 @@ def _source(run_dir: str | None, ckpt: str | None) -> Path:
 def eval_command(run_dir, ckpt, split, time_samples, time_sampling, discrete_steps, max_sequences, batch_size,
                  seed, out_file, device):
     """The ELBO bound (nats, bits per token, perplexity) of a trained model on a data split."""
-    from .runner import evaluate_pipeline, format_eval, load_run
+    from .runner import evaluate_pipeline, format_eval, load_run, write_json
 
     pipeline, checkpoint = load_run(_source(run_dir, ckpt), load_data=True, device=device)
     result = evaluate_pipeline(pipeline, split=split, time_samples=time_samples, time_sampling=time_sampling,
@@ -150,7 +150,7 @@ def eval_command(run_dir, ckpt, split, time_samples, time_sampling, discrete_ste
     click.echo(format_eval(result))
     target = Path(out_file) if out_file else (Path(run_dir) / "eval.json" if run_dir else None)
     if target is not None:
-        atomic_write_text(target, json.dumps(result, indent=1))
+        write_json(target, result)
         click.echo(f"wrote {target}")
 
 

@@ -21,6 +21,9 @@ error is the cluster (ratio-estimator) one,
 with :math:`S_b` the sum of :math:`\hat L_m` over the :math:`n_b` sequences of batch
 :math:`b` (with a single batch, the sequences' spread is used instead). It covers both the
 time sampling noise and the variation between sequences.
+
+In JSON (:meth:`ELBOEstimate.to_json`) a standard error that does not exist (one sequence)
+and a perplexity beyond the float range are ``null``, so reports stay valid JSON.
 """
 
 from __future__ import annotations
@@ -55,11 +58,17 @@ class ELBOEstimate:
 
     @property
     def perplexity(self) -> float:
-        return math.exp(self.nats_per_token)
+        r""":math:`e^{\bar L}`; ``inf`` beyond the float range (above about 709.78 nats per token)."""
+        try:
+            return math.exp(self.nats_per_token)
+        except OverflowError:
+            return math.inf
 
     def to_json(self) -> dict:
-        return {**asdict(self), "bits_per_token": self.bits_per_token,
-                "bits_standard_error": self.bits_standard_error, "perplexity": self.perplexity}
+        """Plain JSON values: a non-finite number (no standard error, an overflowing perplexity) is ``None``."""
+        values = {**asdict(self), "bits_per_token": self.bits_per_token,
+                  "bits_standard_error": self.bits_standard_error, "perplexity": self.perplexity}
+        return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in values.items()}
 
     def __str__(self) -> str:
         return (f"{self.nats_per_token:.4f} ± {self.standard_error:.4f} nats/token = "

@@ -28,7 +28,7 @@ import ddkit
 from ddkit.config import ConfigError, apply_overrides, to_yaml
 from ddkit.registry import split_spec
 
-from .checkpoint import CHECKPOINT_NAME, Checkpoint, atomic_write_text, load_checkpoint
+from .checkpoint import CHECKPOINT_NAME, Checkpoint, atomic_write_text, load_checkpoint, temporaries
 from .evaluate import estimate_elbo
 from .pipeline import AutocastDenoiser, Pipeline
 from .pipeline_config import PipelineConfig, load_resolved
@@ -126,15 +126,30 @@ def evaluate_pipeline(pipeline: Pipeline, *, split: str | None = None, time_samp
     return out
 
 
+#: the files :func:`run_pipeline` writes besides the trainer's
+REPORT_FILES = ("eval.json", "samples.txt", "samples.json", "trajectory.txt", "report.md")
+
+
+def write_json(path: Path, value: Any) -> None:
+    """A JSON report, atomically; NaN and infinity are refused (they are not JSON)."""
+    atomic_write_text(path, json.dumps(value, indent=1, ensure_ascii=False, allow_nan=False))
+
+
+def _number(value: float | None, spec: str) -> str:
+    """``value`` formatted, or ``n/a`` for a value that does not exist (``None`` in the JSON)."""
+    return "n/a" if value is None else format(value, spec)
+
+
 def format_eval(result: dict[str, Any]) -> str:
     c = result["continuous"]
     lines = [f"ELBO on {result['split']} ({c['sequences']} sequences x {c['tokens_per_sequence']} tokens, "
              f"{c['time_samples']} time samples each):",
-             f"  continuous time: {c['nats_per_token']:.4f} ± {c['standard_error']:.4f} nats/token = "
-             f"{c['bits_per_token']:.4f} ± {c['bits_standard_error']:.4f} bits/token, perplexity ≤ {c['perplexity']:.3f}"]
+             f"  continuous time: {c['nats_per_token']:.4f} ± {_number(c['standard_error'], '.4f')} nats/token = "
+             f"{c['bits_per_token']:.4f} ± {_number(c['bits_standard_error'], '.4f')} bits/token, "
+             f"perplexity ≤ {_number(c['perplexity'], '.3f')}"]
     if "discrete" in result:
         d = result["discrete"]
-        lines.append(f"  discrete time (T={d['steps']}): {d['nats_per_token']:.4f} ± {d['standard_error']:.4f} "
+        lines.append(f"  discrete time (T={d['steps']}): {d['nats_per_token']:.4f} ± {_number(d['standard_error'], '.4f')} "
                      f"nats/token = {d['bits_per_token']:.4f} bits/token")
     if "exact_entropy" in result:
         e = result["exact_entropy"]
@@ -182,13 +197,14 @@ def write_samples(samples: Samples, path: Path, config: dict[str, Any]) -> tuple
     path = Path(path)
     atomic_write_text(path, SEPARATOR.join(samples.texts) + "\n")
     json_path = path.with_suffix(".json")
-    atomic_write_text(json_path, json.dumps({**samples.to_json(), "config": config}, indent=1, ensure_ascii=False))
+    write_json(json_path, {**samples.to_json(), "config": config})
     return path, json_path
 
 
 def format_samples(samples: Samples) -> str:
-    lines = [f"{len(samples.texts)} samples, NFE {samples.nfe}, {samples.steps} steps, "
-             f"{samples.seconds:.2f} s, {samples.tokens_per_second:,.0f} tokens/s"]
+    lines = [f"compiling kernels (first run only): {samples.compile_seconds:.1f} s"] if samples.compile_seconds else []
+    lines.append(f"{len(samples.texts)} samples, NFE {samples.nfe}, {samples.steps} steps, "
+                 f"{samples.seconds:.2f} s, {samples.tokens_per_second:,.0f} tokens/s")
     for i, text in enumerate(samples.texts):
         lines.append(f"[{i}] {text}")
     return "\n".join(lines)
@@ -233,12 +249,14 @@ def write_report(run_dir: Path, pipeline: Pipeline, *, train: TrainResult | None
               f"{c['tokens_per_sequence']} tokens, {c['time_samples']} time samples each "
               f"({evaluation['time_sampling']}). Upper bounds on the negative log-likelihood:", "",
               "| bound | nats/token | bits/token | perplexity |", "|---|---|---|---|",
-              f"| continuous-time NELBO | {c['nats_per_token']:.4f} ± {c['standard_error']:.4f} | "
-              f"{c['bits_per_token']:.4f} ± {c['bits_standard_error']:.4f} | {c['perplexity']:.3f} |"]
+              f"| continuous-time NELBO | {c['nats_per_token']:.4f} ± {_number(c['standard_error'], '.4f')} | "
+              f"{c['bits_per_token']:.4f} ± {_number(c['bits_standard_error'], '.4f')} | "
+              f"{_number(c['perplexity'], '.3f')} |"]
     if "discrete" in evaluation:
         d = evaluation["discrete"]
-        lines.append(f"| discrete-time NELBO, T = {d['steps']} | {d['nats_per_token']:.4f} ± {d['standard_error']:.4f} | "
-                     f"{d['bits_per_token']:.4f} ± {d['bits_standard_error']:.4f} | {d['perplexity']:.3f} |")
+        lines.append(f"| discrete-time NELBO, T = {d['steps']} | {d['nats_per_token']:.4f} ± "
+                     f"{_number(d['standard_error'], '.4f')} | {d['bits_per_token']:.4f} ± "
+                     f"{_number(d['bits_standard_error'], '.4f')} | {_number(d['perplexity'], '.3f')} |")
     if "exact_entropy" in evaluation:
         e = evaluation["exact_entropy"]
         lines.append(f"| exact data entropy | {e['nats_per_token']:.4f} | {e['bits_per_token']:.4f} | "
@@ -246,7 +264,9 @@ def write_report(run_dir: Path, pipeline: Pipeline, *, train: TrainResult | None
     lines += ["", "## Samples", "",
               f"Sampler `{json.dumps(samples.info.get('sampler'))}`: {len(samples.texts)} samples of "
               f"{samples.info.get('length')} tokens, NFE {samples.nfe}, {samples.seconds:.2f} s "
-              f"({samples.tokens_per_second:,.0f} tokens/s)."]
+              f"({samples.tokens_per_second:,.0f} tokens/s)"
+              + (f", after {samples.compile_seconds:.1f} s compiling kernels (first run only)."
+                 if samples.compile_seconds else ".")]
     if words is not None:
         lines.append(f"{words['known']} of {words['words']} words ({100 * words['fraction']:.0f}%) "
                      f"in the samples occur in the training text.")
@@ -279,6 +299,8 @@ def run_pipeline(config: PipelineConfig, run_dir: Path, *, resume: bool = False,
     timings["setup"] = time.perf_counter() - start
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in (tmp for name in REPORT_FILES for tmp in temporaries(run_dir / name)):  # left by a kill
+        stale.unlink(missing_ok=True)
     log(f"run directory: {run_dir}")
     start = time.perf_counter()
     trainer, train = train_pipeline(pipeline, run_dir, resume=resume, progress=progress)
@@ -289,7 +311,7 @@ def run_pipeline(config: PipelineConfig, run_dir: Path, *, resume: bool = False,
     start = time.perf_counter()
     evaluation = evaluate_pipeline(pipeline)
     evaluation["checkpoint_step"] = train.step
-    atomic_write_text(run_dir / "eval.json", json.dumps(evaluation, indent=1))
+    write_json(run_dir / "eval.json", evaluation)
     timings["eval"] = time.perf_counter() - start
     log(format_eval(evaluation))
     start = time.perf_counter()

@@ -309,6 +309,12 @@ class KernelBackend:
         """Whether this backend can run ``op`` on tensors of ``device`` at all."""
         return hasattr(self, op)
 
+    def prepare(self, ops: tuple[str, ...]) -> bool:
+        """Get ``ops`` ready before their first call (a just-in-time backend compiles them or
+        loads them from its on-disk cache); returns whether anything had to be compiled.
+        Nothing to do by default."""
+        return False
+
 
 @lru_cache(maxsize=None)
 def _instance(record) -> KernelBackend:
@@ -369,6 +375,21 @@ def _resolve(registry, backend: str, op: str, device: torch.device) -> KernelBac
         raise ValueError(f"no installed kernel backend runs {op!r} on {device.type} tensors "
                          f"(installed: {registry.names('kernel') or 'none'})")
     return best
+
+
+def prepare(ops: tuple[str, ...] = OPS, device: torch.device | str = "cpu", backend: str = AUTO) -> list[str]:
+    """Get the backends that run ``ops`` on ``device`` ready (:meth:`KernelBackend.prepare`),
+    so that a timed first call measures the work and not the compilation. Returns the names of
+    the backends that had to compile (slow; the first run after an install or an upgrade)."""
+    device = torch.device(device)
+    chosen: dict[int, tuple[KernelBackend, list[str]]] = {}
+    for op in ops:
+        try:
+            kernels = resolve(backend, op, device)
+        except ValueError:  # no backend runs op here; the call itself reports it
+            continue
+        chosen.setdefault(id(kernels), (kernels, []))[1].append(op)
+    return [kernels.name for kernels, names in chosen.values() if kernels.prepare(tuple(names))]
 
 
 # -- operations --------------------------------------------------------------------------

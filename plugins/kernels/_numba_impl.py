@@ -6,17 +6,23 @@ with the same IEEE operations in the same order as
 reassociation), which makes it bit-identical to the torch backend. Work is split over rows
 (``prange`` over a few chunks per thread); every row is computed by one thread from its own
 uniform, so results do not depend on the thread count. Few signatures are compiled (float32
-and float64 logits; int64, bool and float64 elsewhere) and all are cached on disk.
+and float64 logits; int64, bool and float64 elsewhere) and all are cached on disk, in the
+directory that :func:`ddkit.plugins.kernels.numba_backend.use_cache_dir` chooses.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
-from numba.core import types
-from numba.extending import intrinsic
 
-from ddkit.kernels import (
+from .numba_backend import use_cache_dir
+
+use_cache_dir()  # before the first njit: Numba fixes each function's cache location when decorated
+
+from numba import njit, prange  # noqa: E402
+from numba.core import types  # noqa: E402
+from numba.extending import intrinsic  # noqa: E402
+
+from ddkit.kernels import (  # noqa: E402
     BAD_UNIFORM,
     EXP_COEFFS,
     EXP_UNDERFLOW,

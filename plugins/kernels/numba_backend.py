@@ -17,8 +17,16 @@ Threads, forks and the threading layer
 * ``workqueue`` is not thread-safe, so kernel calls hold a process-wide lock (re-created in
   forked children, where a lock held by another thread of the parent would never be released).
 
+Compilation and its cache
+-------------------------
 Importing this module does not import Numba; the first kernel call compiles (or loads from the
-on-disk cache) the functions it needs.
+on-disk cache) the functions it needs, and :meth:`NumbaKernels.prepare` does it ahead of time
+(compiling everything takes about a minute on a fresh install, loading it under a second).
+The cache lives in ``NUMBA_CACHE_DIR`` if that is set, else in the user cache directory,
+``platformdirs.user_cache_dir("ddkit")/numba`` (``~/.cache/ddkit/numba`` on Linux), never
+next to the installed sources, which may be read-only or shared between environments:
+:func:`use_cache_dir` sets ``NUMBA_CACHE_DIR`` (so subprocesses share the cache) before the
+kernels module is imported, since Numba fixes a function's cache location when it is decorated.
 """
 
 from __future__ import annotations
@@ -27,12 +35,15 @@ import importlib.util
 import os
 import threading
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
+import platformdirs
 import torch
 from torch import Tensor
 
 import ddkit
+from ddkit import kernels as ops_module
 from ddkit.kernels import KernelBackend, TokenFilter
 
 #: operations for which ``backend="auto"`` prefers Numba on CPU tensors (docs/performance.md)
@@ -63,10 +74,29 @@ def available() -> bool:
     return importlib.util.find_spec("numba") is not None
 
 
+def default_cache_dir() -> Path:
+    """The user cache directory of the compiled kernels when ``NUMBA_CACHE_DIR`` is not set."""
+    return Path(platformdirs.user_cache_dir("ddkit")) / "numba"
+
+
+def use_cache_dir() -> str:
+    """Point Numba's on-disk cache at ``NUMBA_CACHE_DIR``, or at :func:`default_cache_dir` if
+    that is unset (the variable is then set for this process and its children); returns the
+    directory. Works whether or not Numba was imported before."""
+    if not os.environ.get("NUMBA_CACHE_DIR"):
+        os.environ["NUMBA_CACHE_DIR"] = str(default_cache_dir())
+    import numba
+
+    numba.config.reload_config()  # Numba reads its environment when imported and on reload
+    return numba.config.CACHE_DIR
+
+
 def kernels():
-    """The compiled kernels module (imports Numba and picks the threading layer on first use)."""
+    """The compiled kernels module (imports Numba, sets the cache directory and picks the
+    threading layer on first use)."""
     global _impl
     if _impl is None:
+        use_cache_dir()  # first: a reload of Numba's environment would undo the threading layer set below
         import numba
 
         if "NUMBA_THREADING_LAYER" not in os.environ:
@@ -109,11 +139,45 @@ def _sample_rows(logits: np.ndarray, selected: np.ndarray, uniforms: np.ndarray,
         impl.sample_rows(logits, selected, uniforms, out, *options, CHUNKS_PER_THREAD * thread_budget())
 
 
+def _cache_misses(impl) -> int:
+    """How many compilations the kernels module's functions needed so far (not in the cache)."""
+    return sum(sum(value.stats.cache_misses.values()) for value in vars(impl).values()
+               if hasattr(value, "stats") and hasattr(value.stats, "cache_misses"))
+
+
 class NumbaKernels(KernelBackend):
     """CPU only; ``auto`` prefers it on CPU tensors for :data:`AUTO_OPS`."""
 
     name = "numba"
     checks_uniforms = True  # inside the kernels, while they read them
+
+    def prepare(self, ops: tuple[str, ...]) -> bool:
+        """Compile (or load from the cache) the kernels of ``ops`` for every argument type
+        ddkit passes them (float32 and float64 logits; the serial and the parallel sampling
+        kernel) by calling them on tiny inputs; returns whether anything was compiled."""
+        impl = kernels()
+        misses = _cache_misses(impl)
+        x = torch.tensor([[0, 2]])
+        u = torch.full((1, 2), 0.5, dtype=torch.float64)
+        token_filter = TokenFilter(1.0, None, None)
+        options = (float(token_filter.temperature), token_filter.k_for(3), token_filter.p, False)
+        for dtype in (torch.float32, torch.float64):
+            logits = torch.zeros(1, 2, 3, dtype=dtype)
+            if "categorical" in ops:
+                ops_module.categorical(logits, u, backend=self.name)
+            if "masked_step" in ops:
+                ops_module.masked_step(x, logits, 1.0, u, u, mask_id=2, backend=self.name)
+            if "categorical" in ops or "masked_step" in ops:  # the parallel kernel, used above SERIAL_WORK
+                with _threads():
+                    impl.sample_rows(logits[0].numpy(), np.arange(2), u[0].numpy(), np.empty(2, np.int64),
+                                     *options, CHUNKS_PER_THREAD * thread_budget())
+        if "commit_topk" in ops:
+            ops_module.commit_topk(u, u > 0, 1, backend=self.name)
+        if "mask_noise" in ops:
+            ops_module.mask_noise(x, 0.5, u, mask_id=2, backend=self.name)
+        if "uniform_noise" in ops:
+            ops_module.uniform_noise(x, 0.5, u, u, vocab_size=3, backend=self.name)
+        return _cache_misses(impl) > misses
 
     def supports(self, op: str, device: torch.device) -> bool:
         return device.type == "cpu" and hasattr(self, op) and available()
