@@ -248,13 +248,16 @@ class Trainer:
         generator = torch.Generator(device=self.pipeline.device).manual_seed(self.pipeline.config.seed + 3)
         loss = self.pipeline.loss.evaluation()  # a bound even when training on a clipped objective
         total = 0.0
-        for batch in chunks.split(self.cfg.batch_size):
+        batches = list(chunks.split(self.cfg.batch_size))
+        for batch in batches:
             with self.pipeline.autocast():
                 out = loss(model, batch, generator=generator)
             total += float(out.nats.sum())
+        with self.pipeline.autocast():
+            adapted = self.pipeline.loss.after_validation(model, batches, seed=self.pipeline.config.seed + 4)
         model.train(was_training)
         nats = total / chunks.numel()
-        return {"loss": nats, "bits_per_token": nats / math.log(2)}
+        return {"loss": nats, "bits_per_token": nats / math.log(2), **adapted}
 
     def _check_finite(self, value: float, step: int, what: str = "loss") -> None:
         if not math.isfinite(value):

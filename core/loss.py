@@ -108,6 +108,11 @@ class Loss(nn.Module):
         objective (e.g. clipped noise levels), whose bound version it then returns."""
         return self
 
+    def after_validation(self, denoiser: Denoiser, batches: list[Tensor], *, seed: int = 0) -> dict[str, float]:
+        """Called by training after each validation with the validation batches, for losses
+        that adapt to them (e.g. choose a noise interval); returns values to log."""
+        return {}
+
 
 class ContinuousTimeLoss(Loss):
     r"""A continuous-time objective :math:`\int_{t_{min}}^1 \mathbb E_{q(x_t \mid x_0)}

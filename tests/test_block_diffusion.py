@@ -210,3 +210,26 @@ def test_autoregressive_sampling_with_the_oracle_follows_the_chain(chain):
     law = empirical_distribution(sequence_ids(result.tokens, 3), 3**4)
     assert float(total_variation(law, truth)) < tv_bound(truth, draws)
     assert result.nfe == 4
+
+
+def test_search_grid_is_bd3lms_and_the_search_picks_the_least_variance():
+    process = masked()
+    loss = ddkit.build("loss", "block_elbo", process=process, block_length=4, clip="search")
+    grid = loss.candidate_intervals()
+    assert len(grid) == 36 and grid[0] == (loss.t_min, 1.0) and (0.45, 0.95) in grid and (loss.t_min, 0.5) in grid
+    assert ddkit.build("loss", "block_elbo", process=process, block_length=1, clip="search").candidate_intervals() == \
+        [(loss.t_min, 1.0), (1.0, 1.0)]
+    net = model(4, N=16)
+    batches = [torch.randint(0, V, (8, 16), generator=torch.Generator().manual_seed(s)) for s in range(2)]
+    table = loss.interval_variances(net, batches)
+    assert len(table) == 36 and all(v >= 0 and math.isfinite(v) for _, v in table)
+    assert loss.clip is None  # training starts on the full range
+    logged = loss.after_validation(net, batches)
+    best = min(table, key=lambda row: row[1])
+    assert (logged["clip_low"], logged["clip_high"]) == best[0] and logged["clip_variance"] == best[1]
+    assert loss.clip == (None if best[0] == (loss.t_min, 1.0) else best[0])
+    # the choice travels with the loss's state (checkpoints)
+    restored = ddkit.build("loss", "block_elbo", process=process, block_length=4, clip="search")
+    restored.load_state_dict(loss.state_dict())
+    assert restored.clip == loss.clip
+    assert not ddkit.build("loss", "block_elbo", process=process, block_length=4).after_validation(net, batches)

@@ -29,11 +29,18 @@ no count is refused. The weight stays :math:`-\alpha'_t/(1-\alpha_t)` (times 1, 
 :meth:`BlockELBO.evaluation`, which uses the full range. ``clip: [1, 1]`` (every token
 masked, weight 1) is exactly the autoregressive cross-entropy; with :math:`L' = 1` it is what
 :meth:`BlockELBO.evaluation` uses, since it is then the exact negative log-likelihood.
+
+``clip: search`` chooses the interval at each validation (:meth:`BlockELBO.after_validation`):
+over BD3-LM's grid of candidates (:meth:`BlockELBO.candidate_intervals`) the one whose
+per-block NELBO has the least variance on the validation batches
+(:meth:`BlockELBO.interval_variances`); it is kept in the loss's state, so checkpoints carry
+it, and training starts on the full range.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+import math
+from typing import Annotated, Literal
 
 import torch
 from pydantic import Field
@@ -44,7 +51,12 @@ from ddkit.categorical import sample_categorical
 from ddkit.loss import TimeSampling
 from ddkit.registry import Component
 
-ClipInterval = Annotated[tuple[float, float] | None, Field(description="[beta, omega]: clipped mask rates")]
+ClipInterval = Annotated[tuple[float, float] | Literal["search"] | None, Field(
+    description="[beta, omega]: clipped mask rates; search: the variance-minimising interval, chosen at each validation")]
+
+#: widths and spacing of the candidate intervals of the search (BD3-LM's defaults)
+SEARCH_WIDTHS = (0.5, 0.6, 0.7, 0.8, 0.9)
+SEARCH_DELTA = 0.05
 
 
 def admissible_counts(block_length: int, clip: tuple[float, float]) -> Tensor:
@@ -69,17 +81,29 @@ class BlockELBO(ddkit.Loss):
         self.block_length = int(block_length)
         self.parameterization = ddkit.build("parameterization", parameterization)
         self.time_sampling, self.t_min = time_sampling, float(t_min)
-        self.clip = None if clip is None else (float(clip[0]), float(clip[1]))
-        if self.clip is not None:
-            low, high = self.clip
-            if not 0.0 <= low <= high <= 1.0:
-                raise ValueError(f"clip must satisfy 0 <= beta <= omega <= 1, got {list(self.clip)}")
-            if not bool(admissible_counts(self.block_length, self.clip).any()):
-                raise ValueError(f"clip {list(self.clip)} admits no masked count k with beta <= k/{self.block_length} "
-                                 f"<= omega for block_length {self.block_length}")
-            if self.clip != (1.0, 1.0) and not process.schedule.invertible:
-                raise ValueError(f"clip draws mask rates and needs the schedule's inverse; "
-                                 f"{type(process.schedule).__name__} has none")
+        self.search = clip == "search"
+        fixed = None if clip is None or self.search else (float(clip[0]), float(clip[1]))
+        if fixed is not None:
+            self.check_interval(fixed)
+        if (fixed is not None or self.search) and fixed != (1.0, 1.0) and not process.schedule.invertible:
+            raise ValueError(f"clip draws mask rates and needs the schedule's inverse; "
+                             f"{type(process.schedule).__name__} has none")
+        # the interval in use, saved and restored with the loss's state (the search's choice)
+        self.register_buffer("clip_bounds", torch.tensor(fixed or (math.nan, math.nan), dtype=torch.float64))
+
+    @property
+    def clip(self) -> tuple[float, float] | None:
+        """The clipped interval of mask rates in use, or ``None`` (the full range)."""
+        low, high = (float(v) for v in self.clip_bounds)
+        return None if math.isnan(low) else (low, high)
+
+    def check_interval(self, interval: tuple[float, float]) -> None:
+        low, high = interval
+        if not 0.0 <= low <= high <= 1.0:
+            raise ValueError(f"clip must satisfy 0 <= beta <= omega <= 1, got {list(interval)}")
+        if not bool(admissible_counts(self.block_length, interval).any()):
+            raise ValueError(f"clip {list(interval)} admits no masked count k with beta <= k/{self.block_length} "
+                             f"<= omega for block_length {self.block_length}")
 
     @property
     def autoregressive(self) -> bool:
@@ -89,8 +113,54 @@ class BlockELBO(ddkit.Loss):
     def evaluation(self) -> BlockELBO:
         """The loss to report: the full time range (a bound), or for :math:`L' = 1` the exact
         negative log-likelihood (every token masked, weight 1)."""
+        return self.clipped((1.0, 1.0) if self.block_length == 1 else None)
+
+    def clipped(self, interval: tuple[float, float] | None) -> BlockELBO:
+        """This loss with the clipped interval ``interval`` (``None``: the full range)."""
         return BlockELBO(self.process, self.block_length, self.parameterization, self.time_sampling, self.t_min,
-                         clip=(1.0, 1.0) if self.block_length == 1 else None)
+                         clip=interval).to(self.clip_bounds.device)
+
+    def candidate_intervals(self) -> list[tuple[float, float]]:
+        """BD3-LM's search grid: the full range, and for each width ``w`` in
+        :data:`SEARCH_WIDTHS` the intervals ``[i, i + w]``, ``i = 0, δ, 2δ, ... <= 1 - w``
+        (36 in all); for :math:`L' = 1`, the full range and ``[1, 1]``. Intervals that admit
+        no masked count for the block length are left out."""
+        if self.block_length == 1:
+            return [(self.t_min, 1.0), (1.0, 1.0)]
+        found = [(self.t_min, 1.0)]
+        for width in SEARCH_WIDTHS:
+            for i in range(int(round((1.0 - width) / SEARCH_DELTA)) + 1):
+                low = round(i * SEARCH_DELTA, 10)
+                found.append((max(low, self.t_min), max(round(low + width, 10), self.t_min)))
+        return [c for c in found if bool(admissible_counts(self.block_length, c).any())]
+
+    @torch.no_grad()
+    def interval_variances(self, denoiser: ddkit.Denoiser, batches: list[Tensor], *,
+                           seed: int = 0) -> list[tuple[tuple[float, float], float]]:
+        """For every candidate interval, the variance of the per-block mean NLL over the blocks
+        of a batch, summed over ``batches`` (BD3-LM's "variance of the NELBO estimator"),
+        with the same noise seed for every interval."""
+        table = []
+        for interval in self.candidate_intervals():
+            loss = self.clipped(None if interval == (self.t_min, 1.0) else interval)
+            generator = torch.Generator(device=batches[0].device).manual_seed(seed)
+            total = 0.0
+            for batch in batches:
+                nats = loss(denoiser, batch, generator=generator).nats.double()
+                per_block = nats.view(batch.shape[0], -1, self.block_length).mean(-1)
+                total += float(per_block.var())
+            table.append((interval, total))
+        return table
+
+    def after_validation(self, denoiser: ddkit.Denoiser, batches: list[Tensor], *, seed: int = 0) -> dict[str, float]:
+        """With ``clip: search``: choose the interval of least variance over the validation
+        batches and train on it from now on; returns it for the metrics."""
+        if not self.search:
+            return {}
+        interval, variance = min(self.interval_variances(denoiser, batches, seed=seed), key=lambda row: row[1])
+        chosen = None if interval == (self.t_min, 1.0) else interval
+        self.clip_bounds.copy_(torch.tensor(chosen or (math.nan, math.nan), dtype=torch.float64))
+        return {"clip_low": interval[0], "clip_high": interval[1], "clip_variance": variance}
 
     def forward(self, denoiser: ddkit.Denoiser, x0: Tensor, generator: torch.Generator | None = None) -> ddkit.LossOutput:
         B, N = x0.shape
