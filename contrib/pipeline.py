@@ -258,6 +258,10 @@ class AutocastDenoiser:
 
     def __init__(self, model: torch.nn.Module, pipeline: Pipeline):
         self.model, self.pipeline = model, pipeline
+        # capabilities the network declares (ddkit.Denoiser) stay visible to samplers and correctors
+        for name in ("hollow", "evaluations_per_call"):
+            if hasattr(model, name):
+                setattr(self, name, getattr(model, name))
 
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         with self.pipeline.autocast():
