@@ -135,10 +135,13 @@ def _source(run_dir: str | None, ckpt: str | None) -> Path:
 @click.option("--batch-size", type=click.IntRange(min=1), help="Rows per denoiser call.")
 @click.option("--seed", type=int)
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), help="JSON file (default: RUN/eval.json).")
+@click.option("--judge", "judge_run", type=click.Path(exists=True, file_okay=False),
+              help="An autoregressive run (pipelines/ar.yaml): also report the generative perplexity of RUN's "
+                   "samples.json under it, with unigram entropy, beside held-out text of the same length.")
 @_device_option
 @_friendly
 def eval_command(run_dir, ckpt, split, time_samples, time_sampling, discrete_steps, max_sequences, batch_size,
-                 seed, out_file, device):
+                 seed, out_file, judge_run, device):
     """The ELBO bound (nats, bits per token, perplexity) of a trained model on a data split."""
     from .runner import evaluate_pipeline, format_eval, load_run, write_json
 
@@ -148,10 +151,36 @@ def eval_command(run_dir, ckpt, split, time_samples, time_sampling, discrete_ste
                                seed=seed)
     result["checkpoint_step"] = checkpoint.step
     click.echo(format_eval(result))
+    if judge_run is not None:
+        result["judge"] = _judge(run_dir, judge_run, device)
     target = Path(out_file) if out_file else (Path(run_dir) / "eval.json" if run_dir else None)
     if target is not None:
         write_json(target, result)
         click.echo(f"wrote {target}")
+
+
+def _judge(run_dir, judge_run, device) -> dict:
+    """Judge ``RUN/samples.json`` with the autoregressive run ``judge_run``."""
+    from .judge import check_judge, format_judgement, judge_texts
+    from .runner import load_run
+
+    samples_file = Path(run_dir or ".") / "samples.json"
+    if run_dir is None or not samples_file.is_file():
+        raise click.UsageError(f"--judge scores the run's samples: {samples_file} does not exist "
+                               f"(use --run with a run that has sampled, or run `ddkit sample --run` first)")
+    texts = json.loads(samples_file.read_text())["samples"]
+    judge, _ = load_run(judge_run, load_data=True, device=device)
+    try:
+        check_judge(judge)
+        length = max(len(judge.tokenizer.encode(text)) for text in texts)
+        chunks = judge.data["validation"].chunks(max(length, 1))[: len(texts)]
+        report = judge_texts(judge, texts, reference=[judge.tokenizer.decode(c) for c in chunks])
+    except ddkit.NumericalError:
+        raise
+    except ValueError as exc:
+        raise click.UsageError(f"--judge {judge_run}: {exc}") from None
+    click.echo(format_judgement(report))
+    return report
 
 
 @click.command()
