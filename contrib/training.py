@@ -338,6 +338,9 @@ class Trainer:
                         if grad_norm is not None:
                             record["grad_norm"] = float(grad_norm)
                             self._check_finite(record["grad_norm"], step, "gradient norm")
+                        extra = getattr(pipeline.loss, "metrics", None)  # e.g. a learnable schedule's exponents
+                        if callable(extra):
+                            record.update(extra())
                         self.metrics.write(record)
                         bar.set_postfix(loss=f"{mean:.3f}", bpt=f"{mean / math.log(2):.3f}",
                                         tok_s=f"{speed:,.0f}", refresh=False)
