@@ -87,7 +87,9 @@ SamplerSpec = Component("sampler")
 class SampleResult:
     """Samples ``tokens`` (``[B, N]``), the number of denoiser calls ``nfe``, the number of
     sampler ``steps`` taken, the states after every step if recorded (first entry: the
-    initial state), and sampler-specific counts in ``info``."""
+    initial state), and sampler-specific counts in ``info``. A variable-length sampler
+    returns its sequences padded to ``N`` and their ``lengths`` (``[B]`` long; ``None`` for
+    fixed-length samplers)."""
 
     tokens: Tensor
     nfe: int
@@ -95,6 +97,7 @@ class SampleResult:
     trajectory: list[Tensor] | None = None
     fixed: Tensor | None = field(default=None, repr=False)
     info: dict[str, Any] = field(default_factory=dict)
+    lengths: Tensor | None = None
 
 
 def time_grid(num_steps: int, grid: Grid = "uniform", *, dtype: torch.dtype = torch.float64,
