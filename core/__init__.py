@@ -28,7 +28,8 @@ from .errors import (
     UnknownComponentError,
 )
 from .hookspecs import KINDS, hookimpl
-from .loss import ContinuousTimeLoss, ContinuousTimeLossParams, Loss, LossOutput, sample_steps, sample_times
+from .loss import (ContinuousTimeLoss, ContinuousTimeLossParams, GlobalBatchSlice, Loss, LossOutput, global_batch_slice,
+                   sample_steps, sample_times)
 from .parameterization import Parameterization
 from .params import params_model
 from .process import Process
@@ -70,6 +71,7 @@ __all__ = [
     "DenoiserCalls",
     "DenoiserOutputError",
     "DuplicateComponentError",
+    "GlobalBatchSlice",
     "GridSampler",
     "Loss",
     "LossOutput",
@@ -93,6 +95,7 @@ __all__ = [
     "build",
     "guidance",
     "get_registry",
+    "global_batch_slice",
     "hookimpl",
     "list_components",
     "params_model",

@@ -14,6 +14,13 @@ Time sampling (:func:`sample_times`):
   :math:`u_0 \sim U[0,1)`, mapped to :math:`[t_{min}, 1]`; each :math:`t_b` is still uniform
   so the estimate stays unbiased while its variance drops.
 
+A batch that is one slice of a larger *global* batch (data-parallel training, gradient
+accumulation) keeps the stratification over the global batch inside
+:func:`global_batch_slice`: micro-batch :math:`j` of :math:`M`, each of :math:`B` draws,
+takes :math:`u_b = (u_0 + (bM + j)/(BM)) \bmod 1`, where :math:`u_0` comes from a generator
+that every slice seeds alike. The :math:`M` slices together are exactly one antithetic
+draw of :math:`BM` times, and each slice is itself stratified over :math:`B` strata.
+
 The continuous-time estimators integrate over :math:`[t_{min}, 1]` and multiply by
 :math:`1 - t_{min}`; the omitted piece :math:`[0, t_{min}]` contributes about
 :math:`t_{min}` times the low-noise loss and avoids the infinite weight at
@@ -22,7 +29,10 @@ The continuous-time estimators integrate over :math:`[t_{min}, 1]` and multiply 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -65,13 +75,62 @@ class LossOutput:
         return math.exp(self.nats_per_token)
 
 
+@dataclass(frozen=True)
+class GlobalBatchSlice:
+    """The current batch is slice ``index`` of ``count`` equal slices of one global batch;
+    ``offsets`` draws the shared antithetic offset :math:`u_0` (a CPU generator seeded the
+    same way for every slice)."""
+
+    index: int
+    count: int
+    offsets: torch.Generator
+
+
+_GLOBAL_BATCH: contextvars.ContextVar[GlobalBatchSlice | None] = contextvars.ContextVar("ddkit_global_batch",
+                                                                                         default=None)
+
+
+@contextlib.contextmanager
+def global_batch_slice(index: int, count: int, offsets: torch.Generator) -> Iterator[GlobalBatchSlice]:
+    """Antithetic draws (:func:`sample_times`, :func:`sample_steps`) inside this block are slice
+    ``index`` of ``count`` of one global stratified draw (see the module docstring). ``offsets``
+    must be a CPU generator in the same state for every slice (each slice seeds its own copy),
+    so every slice draws the same sequence of offsets :math:`u_0`. Independent (iid) draws
+    are not affected.
+
+    Example: the two halves of a batch of 4, drawn as two slices, are the whole batch's draw::
+
+        >>> def halves():
+        ...     for j in range(2):
+        ...         with global_batch_slice(j, 2, torch.Generator().manual_seed(0)):
+        ...             yield sample_times(2, method="antithetic")
+        >>> a, b = halves()
+        >>> torch.sort(torch.cat([a, b])).values.diff().round(decimals=12).unique().tolist()
+        [0.25]
+    """
+    if not 0 <= index < count:
+        raise ValueError(f"global_batch_slice: index {index} is not in [0, {count})")
+    if offsets.device.type != "cpu":
+        raise ValueError(f"global_batch_slice: the offsets generator must be on the CPU, got {offsets.device}")
+    token = _GLOBAL_BATCH.set(GlobalBatchSlice(index, count, offsets))
+    try:
+        yield _GLOBAL_BATCH.get()
+    finally:
+        _GLOBAL_BATCH.reset(token)
+
+
 def _uniforms(batch: int, method: TimeSampling, generator: torch.Generator | None,
               device: torch.device | str | None) -> Tensor:
     if method == "iid":
         return torch.rand(batch, generator=generator, dtype=torch.float64, device=device)
     if method == "antithetic":
-        u0 = torch.rand((), generator=generator, dtype=torch.float64, device=device)
-        return torch.remainder(u0 + torch.arange(batch, dtype=torch.float64, device=device) / batch, 1.0)
+        part = _GLOBAL_BATCH.get()
+        index = torch.arange(batch, dtype=torch.float64, device=device)
+        if part is None:
+            u0 = torch.rand((), generator=generator, dtype=torch.float64, device=device)
+            return torch.remainder(u0 + index / batch, 1.0)
+        u0 = torch.rand((), generator=part.offsets, dtype=torch.float64).to(device)
+        return torch.remainder(u0 + (index * part.count + part.index) / (batch * part.count), 1.0)
     raise ValueError(f"unknown time sampling {method!r}; use 'iid' or 'antithetic'")
 
 
@@ -108,6 +167,11 @@ class Loss(nn.Module):
         objective (e.g. clipped noise levels), whose bound version it then returns."""
         return self
 
+    def metrics(self) -> dict[str, float]:
+        """Numbers for the training log besides the loss (e.g. a learnable schedule's
+        parameters); empty by default."""
+        return {}
+
     def after_validation(self, denoiser: Denoiser, batches: list[Tensor], *, seed: int = 0) -> dict[str, float]:
         """Called by training after each validation with the validation batches, for losses
         that adapt to them (e.g. choose a noise interval); returns values to log."""
@@ -139,6 +203,11 @@ class ContinuousTimeLoss(Loss):
     def integrand(self, denoiser: Denoiser, x0: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
         """Per-token nats of the integrand at times ``t`` (one per sequence)."""
         raise NotImplementedError
+
+    def metrics(self) -> dict[str, float]:
+        """The schedule's :meth:`ddkit.Schedule.metrics`, prefixed ``schedule_``."""
+        metrics = getattr(self.process.schedule, "metrics", None)
+        return {f"schedule_{key}": value for key, value in metrics().items()} if callable(metrics) else {}
 
     def forward(self, denoiser: Denoiser, x0: Tensor,
                 generator: torch.Generator | None = None) -> LossOutput:
