@@ -65,16 +65,23 @@ from ddkit.categorical import sample_categorical
 from .forward_backward import StepMultiplier, StepSize, corrector_rates, jump_targets, predictor_step
 
 
-def euler_step(state: ddkit.SamplerState, rates: Tensor, delta: Tensor) -> Tensor:
+def euler_step_probs(x: Tensor, rates: Tensor, delta: Tensor) -> Tensor:
     r"""One Euler step of the rates over ``delta`` (``[B]``), at most one jump per position:
     :math:`P(y) = \delta\,\mathrm{rate}(y)` (:math:`y \ne x`), the rest stays; where
-    :math:`\delta\Lambda \ge 1` the position jumps surely, to :math:`y \propto` rates."""
-    x = state.x
+    :math:`\delta\Lambda \ge 1` the position jumps surely, to :math:`y \propto` rates.
+    ``[B, N, S]`` float64."""
     total, direction = jump_targets(rates)
     delta = delta.to(torch.float64)[:, None, None]
     p_jump = torch.where(delta > 0, (delta * total).clamp(max=1.0), 0.0)
     own = torch.nn.functional.one_hot(x, rates.shape[-1]).to(torch.float64)
-    new = sample_categorical(p_jump * direction + (1.0 - p_jump) * own, generator=state.generator)
+    return p_jump * direction + (1.0 - p_jump) * own
+
+
+def euler_step(state: ddkit.SamplerState, rates: Tensor, delta: Tensor) -> Tensor:
+    """One draw (float64) per position from :func:`euler_step_probs`; fixed positions keep
+    their token. Returns the new tokens."""
+    x = state.x
+    new = sample_categorical(euler_step_probs(x, rates, delta), generator=state.generator)
     return torch.where(state.fixed, x, new)
 
 

@@ -91,17 +91,23 @@ def jump_targets(rates: Tensor) -> tuple[Tensor, Tensor]:
     return total, direction / direction.sum(-1, keepdim=True).clamp_min(_TINY)
 
 
-def exponential_step(state: ddkit.SamplerState, rates: Tensor, h: Tensor) -> Tensor:
-    r"""One step of the rates held fixed over the time ``h`` (``[B]``): jump w.p.
-    :math:`1 - e^{-h\Lambda}` to :math:`y \propto` rates, else stay (one float64 draw per
-    position). Returns the new tokens; fixed positions keep theirs."""
-    x = state.x
+def exponential_step_probs(x: Tensor, rates: Tensor, h: Tensor) -> Tensor:
+    r"""Where each position goes in one step of the rates held fixed over the time ``h``
+    (``[B]``): :math:`P(y) = (1 - e^{-h\Lambda})\,\mathrm{rate}(y)/\Lambda` for
+    :math:`y \ne x`, the rest stays. ``[B, N, S]`` float64."""
     total, direction = jump_targets(rates)
     h = h.to(torch.float64)[:, None, None]
     # 1 where the total rate is infinite; 0 where h = 0 (not the NaN of 0 * inf)
     p_jump = torch.where(h > 0, -torch.expm1(-h * total), 0.0)
     own = torch.nn.functional.one_hot(x, rates.shape[-1]).to(torch.float64)
-    new = sample_categorical(p_jump * direction + (1.0 - p_jump) * own, generator=state.generator)
+    return p_jump * direction + (1.0 - p_jump) * own
+
+
+def exponential_step(state: ddkit.SamplerState, rates: Tensor, h: Tensor) -> Tensor:
+    """One draw (float64) per position from :func:`exponential_step_probs`; fixed positions
+    keep their token. Returns the new tokens."""
+    x = state.x
+    new = sample_categorical(exponential_step_probs(x, rates, h), generator=state.generator)
     return torch.where(state.fixed, x, new)
 
 
