@@ -76,17 +76,25 @@ def render_state(tokenizer: Tokenizer, tokens: Tensor, mask_id: int | None) -> s
 
 def render_trajectory(tokenizer: Tokenizer, trajectory: list[Tensor], mask_id: int | None, *,
                       index: int = 0, snapshots: int = 9) -> str:
-    """Sample ``index`` at ``snapshots`` evenly spaced steps, from all-noise to the result."""
+    """Sample ``index`` at ``snapshots`` evenly spaced steps, from all-noise to the result.
+    Where the sampler masked clean tokens again (remasking), each line also counts the tokens
+    remasked since the previous line: the number of masks alone can keep falling meanwhile."""
     if not trajectory:
         return ""
     last = len(trajectory) - 1
     picks = sorted({round(i * last / max(1, snapshots - 1)) for i in range(snapshots)})
     width = len(str(last))
-    lines = []
+    states = [state[index] for state in trajectory]
+    remasked = [0] * len(states)
+    if mask_id is not None:
+        remasked[1:] = [int(((before != mask_id) & (after == mask_id)).sum()) for before, after in zip(states, states[1:])]
+    lines, previous = [], 0
     for step in picks:
-        state = trajectory[step][index]
+        state = states[step]
         masked = int((state == mask_id).sum()) if mask_id is not None else 0
-        lines.append(f"step {step:>{width}}/{last} {masked:>4} masked │ {render_state(tokenizer, state, mask_id)}")
+        again = f" {sum(remasked[previous + 1:step + 1]):>4} remasked" if any(remasked) else ""
+        lines.append(f"step {step:>{width}}/{last} {masked:>4} masked{again} │ {render_state(tokenizer, state, mask_id)}")
+        previous = step
     return "\n".join(lines)
 
 

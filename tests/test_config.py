@@ -174,7 +174,7 @@ def test_file_errors_name_the_file(tmp_path):
         load_pipeline(path)
 
 
-@pytest.mark.parametrize("name", ["quickstart.yaml", "text8.yaml", "markov.yaml"])
+@pytest.mark.parametrize("name", ["quickstart.yaml", "text8.yaml", "markov.yaml", "remdm.yaml"])
 def test_example_pipelines_validate(name):
     cfg = load_pipeline(PIPELINES / name)
     assert cfg.model["name"] == "dit" and cfg.train.steps >= 1
