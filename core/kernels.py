@@ -99,7 +99,7 @@ from .categorical import group_before
 from .errors import NumericalError, UnknownComponentError
 from .registry import get_registry, unknown_name_message
 
-OPS = ("categorical", "masked_step", "commit_topk", "mask_noise", "uniform_noise")
+OPS = ("categorical", "masked_step", "commit_topk", "mask_noise", "uniform_noise", "token_probability")
 AUTO = "auto"
 BACKEND_ENV = "DDKIT_KERNEL_BACKEND"
 
@@ -249,6 +249,20 @@ def reference_categorical(rows: Tensor, uniforms: Tensor, token_filter: TokenFil
     return torch.where(code.squeeze(-1) != 0, code.squeeze(-1), index).to(device)
 
 
+def reference_token_probability(rows: Tensor, tokens: Tensor) -> Tensor:
+    r"""The reference of :func:`token_probability` on CPU: :math:`e_{x}/\sum_j e_j` with
+    :math:`e_j` = :func:`reference_exp` :math:`(z_j - \max z)` in float64, the sum sequential
+    in index order (the last entry of ``cumsum``), as the Numba kernel computes it; NaN where
+    the row's maximum is NaN or infinite."""
+    device = rows.device
+    z = rows.detach().to("cpu", torch.float64, copy=True)
+    m = z.amax(-1, keepdim=True)
+    usable = _row_codes(m).squeeze(-1) == 0
+    w = reference_exp(z - m.masked_fill(~usable[:, None], 0.0))
+    p = w.gather(-1, tokens.detach().to("cpu", torch.long)[:, None]).squeeze(-1) / w.cumsum(-1)[:, -1]
+    return p.masked_fill(~usable, float("nan")).to(device)
+
+
 def _row_codes(row_max: Tensor) -> Tensor:
     """0 for a usable row, else the error code, from the row maxima."""
     bad = torch.isnan(row_max) | (row_max == float("inf"))
@@ -289,7 +303,9 @@ class KernelBackend:
     * ``commit_topk(scores [B, N] f64, eligible [B, N] bool, k [B] int64)`` -> ``[B, N]`` bool;
     * ``mask_noise(x0 [B, N], keep [B, 1] or [B, N] f64, u [B, N] f64, mask_id)`` -> ``[B, N]``;
     * ``uniform_noise(x0 [B, N], keep, u_keep [B, N] f64, u_token [B, N] f64, vocab_size)``
-      -> ``[B, N]``.
+      -> ``[B, N]``;
+    * ``token_probability(logits [R, V], tokens [R] int64)`` -> ``[R]`` float64, NaN for a
+      row without a usable maximum (:func:`reference_token_probability`).
 
     The uniforms are checked to lie in [0, 1) before the call, unless the backend sets
     ``checks_uniforms``: then its kernels check them while they read them (no extra pass) and
@@ -513,3 +529,26 @@ def uniform_noise(x0: Tensor, keep_prob: Tensor | float, u_keep: Tensor, u_token
     kernels = resolve(backend, "uniform_noise", device)
     u_keep, u_token = _uniforms(kernels, shape, device, u_keep=u_keep, u_token=u_token)
     return kernels.uniform_noise(x0, keep, u_keep, u_token, int(vocab_size))
+
+
+def token_probability(logits: Tensor, tokens: Tensor, *, backend: str = AUTO) -> Tensor:
+    r"""The model's probability at temperature 1 of ``tokens`` (``logits.shape[:-1]``, long)
+    under the rows of ``logits`` (``[..., V]``): :math:`\mathrm{softmax}(z)_x` in float64,
+    the confidence of a drawn token in confidence decoding. Computed row by row with O(1)
+    extra memory per row (never a float64 copy of the logits), identically on the Numba and
+    the torch backend on CPU (:func:`reference_token_probability`; on CUDA the row sum's
+    order may differ in the last bits). A row with a NaN or infinite maximum raises
+    :class:`ddkit.NumericalError`."""
+    rows = _logits(logits)
+    index = tokens.reshape(-1)
+    if index.dtype != torch.long or index.numel() != rows.shape[0]:
+        raise ValueError(f"tokens must be a LongTensor of shape {tuple(logits.shape[:-1])}, got "
+                         f"{index.dtype} {tuple(tokens.shape)}")
+    if index.numel() and bool(((index < 0) | (index >= rows.shape[1])).any()):
+        raise ValueError(f"tokens must lie in 0..{rows.shape[1] - 1}")
+    if rows.shape[0] == 0:
+        return torch.empty(logits.shape[:-1], dtype=torch.float64, device=rows.device)
+    out = resolve(backend, "token_probability", rows.device).token_probability(rows, index.contiguous())
+    if bool(torch.isnan(out).any()):
+        raise NumericalError("logits with a NaN or infinite maximum: no token probability")
+    return out.reshape(logits.shape[:-1])

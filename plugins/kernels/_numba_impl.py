@@ -444,3 +444,20 @@ def uniform_noise(x0, keep, u_keep, u_token, vocab_size, out):
             replacement = min(np.int64(np.int32(v * vocab_size)), vocab_size - 1)
             out[b, j] = x0[b, j] if u < keep[b, j * step] else replacement
     return bad == 0
+
+
+@njit(cache=True)
+def token_probability(logits, tokens, out):
+    """``out[r]``: the probability of ``tokens[r]`` under the softmax of row ``r`` (the
+    reference: reference exp, sequential sum), NaN for a row whose maximum is NaN or
+    infinite."""
+    for r in range(logits.shape[0]):
+        row = logits[r]
+        m, bad = _row_max(row)
+        if bad or m == np.inf or m == -np.inf:
+            out[r] = np.nan
+            continue
+        total = 0.0
+        for j in range(row.shape[0]):
+            total += _exp(np.float64(row[j]) - m)
+        out[r] = _exp(np.float64(row[tokens[r]]) - m) / total

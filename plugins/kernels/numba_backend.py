@@ -47,7 +47,7 @@ from ddkit import kernels as ops_module
 from ddkit.kernels import KernelBackend, TokenFilter
 
 #: operations for which ``backend="auto"`` prefers Numba on CPU tensors (docs/performance.md)
-AUTO_OPS = frozenset({"categorical", "masked_step", "commit_topk", "mask_noise", "uniform_noise"})
+AUTO_OPS = frozenset({"categorical", "masked_step", "commit_topk", "mask_noise", "uniform_noise", "token_probability"})
 #: rows of half-precision logits converted to float32 at a time
 HALF_CHUNK_ELEMENTS = 1 << 20
 #: row chunks per thread in a categorical kernel (balances rows of unequal cost)
@@ -167,6 +167,8 @@ class NumbaKernels(KernelBackend):
                 ops_module.categorical(logits, u, backend=self.name)
             if "masked_step" in ops:
                 ops_module.masked_step(x, logits, 1.0, u, u, mask_id=2, backend=self.name)
+            if "token_probability" in ops:
+                ops_module.token_probability(logits, torch.zeros(1, 2, dtype=torch.long), backend=self.name)
             if "categorical" in ops or "masked_step" in ops:  # the parallel kernel, used above SERIAL_WORK
                 with _threads():
                     impl.sample_rows(logits[0].numpy(), np.arange(2), u[0].numpy(), np.empty(2, np.int64),
@@ -218,6 +220,11 @@ class NumbaKernels(KernelBackend):
     def commit_topk(self, scores: Tensor, eligible: Tensor, k: Tensor) -> Tensor:
         out = np.empty(tuple(scores.shape), np.bool_)
         kernels().commit_topk(scores.numpy(), eligible.numpy(), k.numpy(), out)
+        return torch.from_numpy(out)
+
+    def token_probability(self, logits: Tensor, tokens: Tensor) -> Tensor:
+        out = np.empty(logits.shape[0], np.float64)
+        kernels().token_probability(logits.numpy(), tokens.numpy(), out)
         return torch.from_numpy(out)
 
     def mask_noise(self, x0: Tensor, keep: Tensor, uniforms: Tensor, mask_id: int) -> Tensor:

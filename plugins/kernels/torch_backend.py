@@ -24,6 +24,7 @@ from ddkit.kernels import (
     _row_codes,
     certified_margin,
     reference_categorical,
+    reference_exp,
 )
 
 class TorchKernels(KernelBackend):
@@ -64,6 +65,20 @@ class TorchKernels(KernelBackend):
         N = scores.shape[1]
         rank = torch.empty_like(order).scatter_(-1, order, torch.arange(N, device=scores.device).expand_as(order))
         return eligible & (rank < k[:, None])
+
+    def token_probability(self, logits: Tensor, tokens: Tensor) -> Tensor:
+        R, V = logits.shape
+        out = torch.empty(R, dtype=torch.float64, device=logits.device)
+        step = rows_per_chunk(R, V, logits.device)
+        for start in range(0, R, step):
+            rows = slice(start, start + step)
+            z = logits[rows].to(torch.float64)
+            m = z.amax(-1, keepdim=True)
+            usable = _row_codes(m).squeeze(-1) == 0
+            w = reference_exp(z - m.masked_fill(~usable[:, None], 0.0))
+            p = w.gather(-1, tokens[rows, None]).squeeze(-1) / w.cumsum(-1)[:, -1]  # sequential, as the reference
+            out[rows] = p.masked_fill(~usable, float("nan"))
+        return out
 
     def mask_noise(self, x0: Tensor, keep: Tensor, uniforms: Tensor, mask_id: int) -> Tensor:
         return x0.masked_fill(uniforms >= keep, mask_id)

@@ -3,8 +3,10 @@ Fast-dLLM threshold decoding, as unmasking rules of ``ancestral``.
 
 Each step :math:`i` of the sampler's ``steps`` draws a token at every free masked position
 from the filtered mean (float64, :func:`ddkit.kernels.categorical`: temperature, top-k and
-top-p apply), scores it with a confidence (float64), and commits a number of the most
-confident (:func:`ddkit.kernels.commit_topk`); the others stay masked. The last step
+top-p apply), scores it with a confidence computed from the token's probability at
+temperature 1 (float64, :func:`ddkit.kernels.token_probability`: no float64 copy of the
+logits), and commits a number of the most confident (:func:`ddkit.kernels.commit_topk`);
+the others stay masked. The last step
 commits every remaining position. Committed tokens never change (none of these remask
 clean tokens; MaskGIT's "re-masking" means "not committed this step"), and fixed positions
 never change.
@@ -71,9 +73,9 @@ class ConfidenceRule(ddkit.UnmaskingRule):
         u = torch.rand(rows.shape[0], generator=generator, dtype=torch.float64, device=x.device)
         drawn = rows.argmax(-1) if argmax else kernels.categorical(
             rows, u, temperature=tokens.temperature, top_k=tokens.top_k, top_p=tokens.top_p, backend=backend)
-        log_p = torch.log_softmax(rows.to(torch.float64), -1).gather(-1, drawn[:, None]).squeeze(-1)
+        p = kernels.token_probability(rows, drawn, backend=backend)
         score = torch.full(x.shape, float("-inf"), dtype=torch.float64, device=x.device)
-        score = score.masked_scatter(eligible, self.confidence(state, i, log_p))
+        score = score.masked_scatter(eligible, self.confidence(state, i, p))
         candidate = x.masked_scatter(eligible, drawn)
         if last:
             commit = eligible
@@ -81,8 +83,9 @@ class ConfidenceRule(ddkit.UnmaskingRule):
             commit = self.commit(state, i, score, eligible, backend)
         return torch.where(commit, candidate, x)
 
-    def confidence(self, state, i, log_p):
-        """Confidence of each drawn token (rows of the free masked positions), float64."""
+    def confidence(self, state, i, p):
+        """Confidence of each drawn token from its probability ``p`` at temperature 1 (rows of
+        the free masked positions), float64."""
         raise NotImplementedError
 
     def commit(self, state, i, score, eligible, backend):
@@ -99,13 +102,13 @@ class MaskGITRule(ConfidenceRule):
         self.choice_temperature = float(choice_temperature)
         self.schedule = schedule
 
-    def confidence(self, state, i, log_p):
+    def confidence(self, state, i, p):
         r = (i + 1) / state.scratch["rule_steps"]
         if self.choice_temperature == 0:
-            return log_p
-        u = torch.rand(log_p.shape, generator=state.generator, dtype=torch.float64, device=log_p.device)
+            return p.log()
+        u = torch.rand(p.shape, generator=state.generator, dtype=torch.float64, device=p.device)
         gumbel = -torch.log(-torch.log(u.clamp_min(torch.finfo(torch.float64).tiny)))
-        return log_p + self.choice_temperature * (1.0 - r) * gumbel
+        return p.log() + self.choice_temperature * (1.0 - r) * gumbel
 
     def commit_count(self, state, i, eligible):
         r = (i + 1) / state.scratch["rule_steps"]
@@ -120,10 +123,10 @@ class LowConfidenceRule(ConfidenceRule):
     def __init__(self, remasking: Literal["low_confidence", "random"] = "low_confidence"):
         self.remasking = remasking
 
-    def confidence(self, state, i, log_p):
+    def confidence(self, state, i, p):
         if self.remasking == "random":
-            return torch.rand(log_p.shape, generator=state.generator, dtype=torch.float64, device=log_p.device)
-        return log_p
+            return torch.rand(p.shape, generator=state.generator, dtype=torch.float64, device=p.device)
+        return p
 
     def commit_count(self, state, i, eligible):
         total, steps = state.scratch["initial_masks"], state.scratch["rule_steps"]
@@ -134,12 +137,12 @@ class ThresholdRule(ConfidenceRule):
     def __init__(self, threshold: Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)] = 0.9):
         self.threshold = float(threshold)
 
-    def confidence(self, state, i, log_p):
-        return log_p
+    def confidence(self, state, i, p):
+        return p
 
     def commit(self, state, i, score, eligible, backend):
         best = kernels.commit_topk(score, eligible, 1, backend=backend)
-        return best | (eligible & (score >= math.log(self.threshold)))
+        return best | (eligible & (score >= self.threshold))
 
 
 @ddkit.hookimpl
