@@ -43,6 +43,19 @@ class DataConfig(Section):
     seq_len: int = Field(128, ge=1, description="tokens per training window and evaluation chunk")
 
 
+class DistributedConfig(Section):
+    """Multi-process training under ``torchrun`` (a single process ignores this section); see
+    :mod:`ddkit.contrib.distributed`."""
+
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="ddp: every process holds the whole model (DistributedDataParallel); fsdp: FSDP2 "
+                           "fully_shard shards parameters, gradients and optimizer state across processes")
+    backend: Literal["auto", "nccl", "gloo"] = Field("auto", description="auto: nccl on CUDA, gloo on the CPU")
+    find_unused_parameters: bool = Field(
+        False, description="ddp: allow parameters that receive no gradient in a step (slower; needed only then)")
+    timeout_s: float = Field(1800.0, gt=0, description="seconds a collective waits for the other processes")
+
+
 class TrainConfig(Section):
     steps: int = Field(1000, ge=1, description="optimizer steps")
     batch_size: int = Field(32, ge=1, description="sequences per micro-batch")
@@ -66,6 +79,12 @@ class TrainConfig(Section):
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$", description="auto: cuda if available")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU")
     progress: bool = Field(True, description="show a progress bar")
+    compile: bool = Field(False, description="torch.compile the network for training (the first steps compile)")
+    compile_backend: Literal["inductor", "aot_eager", "eager"] = Field(
+        "inductor", description="torch.compile backend: inductor generates kernels; aot_eager and eager only "
+                                "capture the graph (for debugging)")
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig,
+                                           description="multi-process training under torchrun")
 
 
 class EvalConfig(Section):
