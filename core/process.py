@@ -59,10 +59,21 @@ class Process:
     #: capabilities that conformance checks and samplers key on, e.g. ``"absorbing"``
     capabilities: ClassVar[frozenset[str]] = frozenset()
 
+    #: whether the process takes a vector-valued schedule (one alpha per clean token,
+    #: :attr:`ddkit.Schedule.vector_size`)
+    vector_schedules: ClassVar[bool] = False
+
     def __init__(self, vocab_size: int, schedule: Schedule):
         if vocab_size < 1:
             raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
         self.vocab_size = int(vocab_size)
+        size = getattr(schedule, "vector_size", None)
+        if size is not None and not self.vector_schedules:
+            raise ValueError(f"{type(self).__name__} needs a schedule with one alpha per time; "
+                             f"{type(schedule).__name__} gives one per token (vector_size {size})")
+        if size is not None and size != self.vocab_size:
+            raise ValueError(f"the schedule has one alpha for each of {size} tokens but the process has "
+                             f"vocab_size {self.vocab_size}")
         self.schedule = schedule
 
     #: number of states per position (``V`` plus any extra states such as the mask)

@@ -8,7 +8,10 @@ from ddkit.testing import check_process, check_sampler, check_schedule, parametr
 SCHEDULES = ["linear", "cosine", "polynomial", {"name": "polynomial", "exponent": 0.5},
              {"name": "polynomial", "exponent": 3.0}, "geometric",
              {"name": "geometric", "sigma_min": 1e-3, "sigma_max": 10.0}, "loglinear",
-             {"name": "loglinear", "eps": 0.0}]
+             {"name": "loglinear", "eps": 0.0},
+             # vector-valued (one alpha per token); unequal exponents in tests/test_genmd4.py
+             {"name": "learnable_polynomial", "vocab_size": 4},
+             {"name": "learnable_polynomial", "vocab_size": 3, "exponent_init": 0.5, "eps": 1e-4}]
 
 
 def masked(schedule, V=4):

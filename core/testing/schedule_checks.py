@@ -2,11 +2,13 @@ r"""Conformance checks for :class:`ddkit.Schedule`.
 
 Each check takes the schedule and raises :class:`~ddkit.testing.CheckFailure` with a
 counterexample when its property breaks. All run in float64 on a grid of ``t`` in
-:math:`[0, 1]`:
+:math:`[0, 1]`. A vector-valued schedule (:attr:`~ddkit.Schedule.vector_size` ``= V``: one
+:math:`\alpha_{t,v}` per clean token) is checked token by token: each property must hold for
+every :math:`v`.
 
 * ``check_schedule_elementwise`` — ``alpha`` and ``alpha_prime`` keep the shape of ``t``
-  (``[]``, ``[K]``, ``[B, N]``), act elementwise, return float64 for float64 input and accept
-  float32 input;
+  (``[]``, ``[K]``, ``[B, N]``; a vector schedule appends an axis of size ``V``), act
+  elementwise, return float64 for float64 input and accept float32 input;
 * ``check_schedule_finite`` — :math:`\alpha_t` finite on :math:`[0, 1]`, :math:`\alpha'_t`
   never NaN (it may be :math:`\pm\infty` at an endpoint, e.g. :math:`1 - t^k` with
   :math:`k < 1`);
@@ -16,7 +18,8 @@ counterexample when its property breaks. All run in float64 on a grid of ``t`` i
 * ``check_schedule_endpoints`` — :math:`\alpha_0 \ge 1 - \epsilon`, :math:`\alpha_1 \le \epsilon`
   with :data:`ENDPOINT_TOLERANCE` = :math:`\epsilon` (shifted schedules such as log-linear
   with :math:`\alpha_1 = 10^{-3}` pass; the shift is their documented choice), and
-  :meth:`~ddkit.Schedule.endpoints` agrees with :math:`(\alpha_0, \alpha_1)`;
+  :meth:`~ddkit.Schedule.endpoints` agrees with :math:`(\alpha_0, \alpha_1)` (for a vector
+  schedule with :math:`(\min_v \alpha_{0,v}, \max_v \alpha_{1,v})`);
 * ``check_schedule_derivative`` — :math:`\alpha'_t` equals the central difference
   :math:`(\alpha_{t+h} - \alpha_{t-h}) / 2h` (:math:`h = 10^{-6}`, truncation
   :math:`O(h^2)`, rounding :math:`O(10^{-16}/h)`) on :math:`t \in [0.01, 0.99]`;
@@ -45,6 +48,17 @@ def _grid(n: int = 1001) -> Tensor:
     return torch.linspace(0.0, 1.0, n, dtype=_F64)
 
 
+def _first(bad: Tensor) -> tuple[int, ...]:
+    """The index of the first true entry (``[time]`` or ``[time, token]``)."""
+    return tuple(int(i) for i in bad.nonzero()[0])
+
+
+def _shape_for(schedule, t: Tensor) -> tuple[int, ...]:
+    """The shape ``alpha(t)`` must have: ``t``'s, with ``V`` appended for a vector schedule."""
+    size = getattr(schedule, "vector_size", None)
+    return tuple(t.shape) if size is None else (*t.shape, size)
+
+
 @torch.no_grad()
 def check_schedule_elementwise(schedule) -> None:
     """``alpha``/``alpha_prime`` keep the input shape, act elementwise, return float64 for
@@ -54,18 +68,19 @@ def check_schedule_elementwise(schedule) -> None:
         fn = getattr(schedule, method)
         for shaped in (t, t.reshape(-1), t[0, 1]):
             out = fn(shaped)
-            if not isinstance(out, Tensor) or out.shape != shaped.shape:
-                fail(f"{method} must return a tensor of the input's shape",
-                     input_shape=tuple(shaped.shape),
+            if not isinstance(out, Tensor) or tuple(out.shape) != _shape_for(schedule, shaped):
+                fail(f"{method} must return a tensor of the input's shape (a vector schedule: "
+                     f"with vector_size appended)", input_shape=tuple(shaped.shape),
+                     expected_shape=_shape_for(schedule, shaped),
                      output_shape=tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__)
             if out.dtype != _F64:
                 fail(f"{method} must return float64 for float64 input", output_dtype=str(out.dtype))
         batched = fn(t)
-        one_by_one = torch.stack([fn(v) for v in t.reshape(-1)]).reshape(t.shape)
+        one_by_one = torch.stack([fn(v) for v in t.reshape(-1)]).reshape(batched.shape)
         assert_close(batched, one_by_one, f"{method} on a batch vs one time at a time",
                      atol=1e-12, rtol=1e-12, t=t)
         low = fn(t.float())
-        if not (isinstance(low, Tensor) and low.is_floating_point() and low.shape == t.shape):
+        if not (isinstance(low, Tensor) and low.is_floating_point() and tuple(low.shape) == _shape_for(schedule, t)):
             fail(f"{method} must accept float32 times", output=low)
         assert_close(low.double(), batched, f"{method} in float32 vs float64", atol=1e-4, rtol=1e-4,
                      t=t)
@@ -78,12 +93,12 @@ def check_schedule_finite(schedule) -> None:
     alpha, prime = schedule.alpha(t), schedule.alpha_prime(t)
     bad = ~torch.isfinite(alpha)
     if bool(bad.any()):
-        i = int(bad.nonzero()[0])
-        fail("alpha(t) must be finite on [0, 1]", t=t[i], alpha=alpha[i])
+        i = _first(bad)
+        fail("alpha(t) must be finite on [0, 1]", t=t[i[0]], index=list(i), alpha=alpha[i])
     bad = torch.isnan(prime)
     if bool(bad.any()):
-        i = int(bad.nonzero()[0])
-        fail("alpha_prime(t) must not be NaN on [0, 1]", t=t[i], alpha_prime=prime[i])
+        i = _first(bad)
+        fail("alpha_prime(t) must not be NaN on [0, 1]", t=t[i[0]], index=list(i), alpha_prime=prime[i])
 
 
 @torch.no_grad()
@@ -93,8 +108,8 @@ def check_schedule_alpha_in_unit_interval(schedule) -> None:
     alpha = schedule.alpha(t)
     bad = (alpha < 0) | (alpha > 1) | torch.isnan(alpha)
     if bool(bad.any()):
-        i = int(bad.nonzero()[0])
-        fail("alpha(t) is a probability and must lie in [0, 1]", t=t[i], alpha=alpha[i])
+        i = _first(bad)
+        fail("alpha(t) is a probability and must lie in [0, 1]", t=t[i[0]], index=list(i), alpha=alpha[i])
 
 
 @torch.no_grad()
@@ -105,14 +120,15 @@ def check_schedule_monotone(schedule) -> None:
     rise = alpha[1:] - alpha[:-1]
     bad = rise > 1e-12
     if bool(bad.any()):
-        i = int(bad.nonzero()[0])
+        i = _first(bad)
+        after = (i[0] + 1, *i[1:])
         fail("alpha must be non-increasing in t (a token never gets cleaner with more noise)",
-             t=(float(t[i]), float(t[i + 1])), alpha=(float(alpha[i]), float(alpha[i + 1])))
+             t=(float(t[i[0]]), float(t[i[0] + 1])), index=list(i), alpha=(float(alpha[i]), float(alpha[after])))
     prime = schedule.alpha_prime(t)
     bad = prime > 1e-12
     if bool(bad.any()):
-        i = int(bad.nonzero()[0])
-        fail("alpha_prime(t) must be <= 0", t=t[i], alpha_prime=prime[i])
+        i = _first(bad)
+        fail("alpha_prime(t) must be <= 0", t=t[i[0]], index=list(i), alpha_prime=prime[i])
 
 
 @torch.no_grad()
@@ -120,6 +136,8 @@ def check_schedule_endpoints(schedule) -> None:
     """alpha_0 ~ 1 and alpha_1 ~ 0 (within ENDPOINT_TOLERANCE); endpoints() agrees."""
     with torch.no_grad():
         values = schedule.alpha(torch.tensor([0.0, 1.0], dtype=_F64))
+    if getattr(schedule, "vector_size", None) is not None:  # the extremes over the tokens
+        values = torch.stack([values[0].min(), values[1].max()])
     a0, a1 = float(values[0]), float(values[1])
     if not a0 >= 1.0 - ENDPOINT_TOLERANCE:
         fail(f"alpha(0) must be within {ENDPOINT_TOLERANCE} of 1 (t = 0 is data)", alpha_0=a0)

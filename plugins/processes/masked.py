@@ -15,9 +15,29 @@ States ``0..V-1`` are clean tokens and ``V`` is the mask (``S = V + 1``). With t
   :math:`\frac{-\alpha'_t}{1-\alpha_t}\,\delta_{x_t,m}\,(-\log\mu_\theta(x_t)_{x_0})`;
 * discrete-time term of step :math:`(s,t)`:
   :math:`\frac{\alpha_s-\alpha_t}{1-\alpha_t}\,\delta_{x_t,m}\,(-\log\mu_\theta(x_t)_{x_0})`.
+
+With a vector-valued schedule (one :math:`\alpha_{t,v}` per clean token, GenMD4,
+:attr:`ddkit.Schedule.vector_size`) a token's rates depend on its clean value :math:`v`: row
+:math:`v` of every matrix uses :math:`\alpha_{t,v}`, the marginal gathers
+:math:`\alpha_{t,x_0}`, and with the weights :math:`c_v = -\alpha'_{t,v}/(1-\alpha_{t,v})`
+and :math:`b_v = \frac{\alpha_{s,v}-\alpha_{t,v}}{1-\alpha_{t,v}}`:
+
+* posterior for :math:`x_t = m`: become :math:`j` w.p. :math:`b_j\mu_j`, stay masked w.p.
+  :math:`\sum_v \mu_v(1-b_v)`, where :math:`\mu` estimates :math:`p(x_0 \mid x_t)` under the
+  token-dependent masking (a time-dependent denoiser);
+* continuous-time integrand at a mask
+  :math:`c_{x_0}(-\log\mu_{x_0} - 1) + \sum_v c_v\mu_v` (MD4's vector form; equal
+  :math:`\alpha_{t,v}` give the scalar one);
+* discrete-time term: the KL between the two-outcome true posterior
+  (:math:`x_0` w.p. :math:`b_{x_0}`, else the mask) and the posterior above.
+
+The scalar-schedule code paths are the ones above, unchanged.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from pydantic import PositiveInt
@@ -26,6 +46,7 @@ from torch import Tensor
 import ddkit
 import ddkit.kernels
 from ddkit.process import per_token, scaled_rates
+from ddkit.registry import split_spec
 
 _TINY = torch.finfo(torch.float64).tiny
 
@@ -34,10 +55,13 @@ class MaskedProcess(ddkit.Process):
     """Absorbing-state process with mask id ``V``."""
 
     capabilities = frozenset({"absorbing"})
+    vector_schedules = True
 
     def __init__(self, vocab_size: PositiveInt, schedule: ddkit.Component("schedule") = "linear"):
-        super().__init__(vocab_size, ddkit.build("schedule", schedule))
+        super().__init__(vocab_size, build_schedule(schedule, vocab_size))
         self.mask_id = self.vocab_size
+        #: whether the schedule gives one alpha per clean token
+        self.vector = self.schedule.vector_size is not None
 
     @property
     def num_states(self) -> int:
@@ -45,6 +69,20 @@ class MaskedProcess(ddkit.Process):
 
     def _alpha(self, t: Tensor) -> Tensor:
         return self.schedule.alpha(torch.as_tensor(t, dtype=torch.float64))
+
+    def _noised(self, t: Tensor) -> Tensor:
+        r""":math:`1 - \alpha_t` from the schedule (without cancellation where it offers that)."""
+        return self.schedule.one_minus_alpha(torch.as_tensor(t, dtype=torch.float64))
+
+    def _alpha_of(self, t: Tensor, x: Tensor) -> Tensor:
+        r""":math:`\alpha_t` of each token of ``x`` (``[B, N]``; for a vector schedule
+        :math:`\alpha_{t, x}`, meaningful where ``x`` is clean)."""
+        a = self._alpha(per_token(t, x))
+        return self._at(a, x) if self.vector else a
+
+    def _at(self, per_value: Tensor, x: Tensor) -> Tensor:
+        """Entry ``x`` of the last axis (``[B, N, V]`` -> ``[B, N]``; clean ``x``)."""
+        return per_value.gather(-1, x.clamp_max(self.vocab_size - 1)[..., None]).squeeze(-1)
 
     # -- dense ---------------------------------------------------------------------------
 
@@ -59,13 +97,29 @@ class MaskedProcess(ddkit.Process):
         q[..., m, :] = eye[m]
         return q
 
+    def _keep_rows(self, keep: Tensor, lost: Tensor) -> Tensor:
+        """A vector schedule's matrix: row ``v`` keeps w.p. ``keep[..., v]`` and becomes the
+        mask w.p. ``lost[..., v]`` (``1 - keep``, computed without cancellation)."""
+        V, m = self.vocab_size, self.mask_id
+        q = torch.zeros(*keep.shape[:-1], V + 1, V + 1, dtype=torch.float64, device=keep.device)
+        q[..., :V, :V] = torch.diag_embed(keep)
+        q[..., :V, m] = lost
+        q[..., m, m] = 1.0
+        return q
+
     def transition_matrix(self, s: Tensor, t: Tensor) -> Tensor:
         a_s, a_t = self._alpha(s), self._alpha(t)
         # if alpha_s = 0 every token is already masked at s and the clean rows are unreachable
-        return self._keep_matrix(torch.where(a_s > 0, a_t / a_s.clamp_min(_TINY), torch.ones_like(a_t)))
+        keep = torch.where(a_s > 0, a_t / a_s.clamp_min(_TINY), torch.ones_like(a_t))
+        if self.vector:  # 1 - alpha_t/alpha_s = ((1 - alpha_t) - (1 - alpha_s)) / alpha_s
+            lost = torch.where(a_s > 0, (self._noised(t) - self._noised(s)) / a_s.clamp_min(_TINY), 0.0)
+            return self._keep_rows(keep, lost)
+        return self._keep_matrix(keep)
 
     def marginal_matrix(self, t: Tensor) -> Tensor:
         # from the data, not from time 0: differs from transition_matrix(0, t) when alpha_0 < 1
+        if self.vector:
+            return self._keep_rows(self._alpha(t), self._noised(t))
         return self._keep_matrix(self._alpha(t))
 
     def _beta(self, t: Tensor) -> Tensor:
@@ -76,6 +130,11 @@ class MaskedProcess(ddkit.Process):
     def rate_matrix(self, t: Tensor) -> Tensor:
         beta = self._beta(t)
         S, m = self.num_states, self.mask_id
+        if self.vector:  # row v: beta_v (e_m - e_v); the mask row is 0
+            rates = torch.zeros(*beta.shape[:-1], S, S, dtype=torch.float64, device=beta.device)
+            rates[..., :m, :m] = torch.diag_embed(-beta)
+            rates[..., :m, m] = beta
+            return rates
         base = -torch.eye(S, dtype=torch.float64, device=beta.device)
         base[:, m] += 1.0
         return scaled_rates(beta, base)
@@ -91,18 +150,21 @@ class MaskedProcess(ddkit.Process):
         return torch.full(shape, self.mask_id, dtype=torch.long, device=device)
 
     def marginal_probs(self, x0: Tensor, t: Tensor) -> Tensor:
-        a = self._alpha(per_token(t, x0))
+        a = self._alpha_of(t, x0)
         probs = torch.nn.functional.one_hot(x0, self.num_states).to(torch.float64) * a[..., None]
-        probs[..., self.mask_id] += 1.0 - a
+        probs[..., self.mask_id] += self._at(self._noised(per_token(t, x0)), x0) if self.vector else 1.0 - a
         return probs
 
     def sample_marginal(self, x0: Tensor, t: Tensor, *, generator=None) -> Tensor:
-        r""":math:`x_t = x_0` if :math:`u < \alpha_t`, else the mask."""
-        a = self._alpha(per_token(t, x0))
+        r""":math:`x_t = x_0` if :math:`u < \alpha_t` (:math:`\alpha_{t, x_0}`), else the mask."""
+        a = self._alpha_of(t, x0)
         u = torch.rand(x0.shape, generator=generator, dtype=torch.float64, device=x0.device)
         return ddkit.kernels.mask_noise(x0, a, u, mask_id=self.mask_id)
 
     def posterior_probs(self, x_t: Tensor, mean: Tensor, s: Tensor, t: Tensor) -> Tensor:
+        if self.vector:
+            return self._vector_posterior_probs(x_t, mean, self._noised(per_token(s, x_t)),
+                                                self._noised(per_token(t, x_t)))
         a_s, a_t = self._alpha(per_token(s, x_t)), self._alpha(per_token(t, x_t))
         denom = (1.0 - a_t).clamp_min(_TINY)
         unmask = ((a_s - a_t) / denom)[..., None]
@@ -114,6 +176,16 @@ class MaskedProcess(ddkit.Process):
         clean = torch.nn.functional.one_hot(x_t, self.num_states).to(torch.float64)
         return torch.where(masked[..., None], probs, clean)
 
+    def _vector_posterior_probs(self, x_t: Tensor, mean: Tensor, n_s: Tensor, n_t: Tensor) -> Tensor:
+        """``n_s``, ``n_t``: :math:`1 - \alpha_{s,v}` and :math:`1 - \alpha_{t,v}`."""
+        denom = n_t.clamp_min(_TINY)
+        mean = mean.to(torch.float64)
+        probs = torch.zeros(*x_t.shape, self.num_states, dtype=torch.float64, device=x_t.device)
+        probs[..., : self.vocab_size] = mean * (n_t - n_s) / denom
+        probs[..., self.mask_id] = (mean * n_s / denom).sum(-1)
+        clean = torch.nn.functional.one_hot(x_t, self.num_states).to(torch.float64)
+        return torch.where((x_t == self.mask_id)[..., None], probs, clean)
+
     def _masked_nll(self, x0: Tensor, x_t: Tensor, log_mean: Tensor) -> Tensor:
         masked = x_t == self.mask_id
         nll = -torch.gather(log_mean, -1, x0[..., None]).squeeze(-1)
@@ -122,13 +194,45 @@ class MaskedProcess(ddkit.Process):
 
     def continuous_elbo(self, x0: Tensor, x_t: Tensor, log_mean: Tensor, t: Tensor) -> Tensor:
         t_ = per_token(t, x0)
+        if self.vector:
+            weight = -self.schedule.alpha_prime(t_) / self._noised(t_).clamp_min(_TINY)
+            return self._vector_continuous_elbo(x0, x_t, log_mean, weight)
         weight = -self.schedule.alpha_prime(t_) / (1.0 - self._alpha(t_)).clamp_min(_TINY)
         return weight.to(log_mean.dtype) * self._masked_nll(x0, x_t, log_mean)
 
+    def _vector_continuous_elbo(self, x0: Tensor, x_t: Tensor, log_mean: Tensor, weight: Tensor) -> Tensor:
+        r""":math:`c_{x_0}(-\log\mu_{x_0} - 1) + \sum_v c_v\mu_v` at masks, 0 elsewhere."""
+        masked = x_t == self.mask_id
+        log_mean64 = log_mean.to(torch.float64)
+        own = x0[..., None]
+        # clean rows (carry-over, -inf off x_t) are replaced by a finite row: no inf * 0 in the graph
+        log_mean64 = torch.where(masked[..., None], log_mean64, torch.zeros_like(log_mean64))
+        expected_weight = (weight * log_mean64.exp()).sum(-1)
+        terms = weight.gather(-1, own).squeeze(-1) * (-log_mean64.gather(-1, own).squeeze(-1) - 1.0) + expected_weight
+        return torch.where(masked, terms, torch.zeros_like(terms)).to(log_mean.dtype)
+
     def discrete_elbo(self, x0: Tensor, x_t: Tensor, log_mean: Tensor, s: Tensor, t: Tensor) -> Tensor:
+        if self.vector:
+            n_s, n_t = self._noised(per_token(s, x0)), self._noised(per_token(t, x0))
+            return self._vector_discrete_elbo(x0, x_t, log_mean, (n_t - n_s) / n_t.clamp_min(_TINY))
         a_s, a_t = self._alpha(per_token(s, x0)), self._alpha(per_token(t, x0))
         weight = (a_s - a_t) / (1.0 - a_t).clamp_min(_TINY)
         return weight.to(log_mean.dtype) * self._masked_nll(x0, x_t, log_mean)
+
+    def _vector_discrete_elbo(self, x0: Tensor, x_t: Tensor, log_mean: Tensor, unmask: Tensor) -> Tensor:
+        r"""KL of the true posterior (:math:`x_0` w.p. :math:`b_{x_0}`, else the mask) from the
+        model's (:math:`j` w.p. :math:`b_j\mu_j`, the mask w.p. :math:`\sum_v\mu_v(1-b_v)`)."""
+        masked = x_t == self.mask_id
+        log_mean64 = log_mean.to(torch.float64)
+        log_mean64 = torch.where(masked[..., None], log_mean64, torch.zeros_like(log_mean64))
+        own = x0[..., None]
+        true_unmask = unmask.gather(-1, own).squeeze(-1)
+        model_unmask = true_unmask * log_mean64.gather(-1, own).squeeze(-1).exp()
+        model_stay = (log_mean64.exp() * (1.0 - unmask)).sum(-1)
+        true_stay = 1.0 - true_unmask
+        kl = (torch.xlogy(true_unmask, true_unmask) - torch.xlogy(true_unmask, model_unmask)
+              + torch.xlogy(true_stay, true_stay) - torch.xlogy(true_stay, model_stay))
+        return torch.where(masked, kl, torch.zeros_like(kl)).to(log_mean.dtype)
 
     # -- the score (ratio) form, closed ----------------------------------------------------
     #
@@ -144,9 +248,14 @@ class MaskedProcess(ddkit.Process):
         every one at the mask when :math:`\alpha_t = 1`, and :math:`x_t` itself when
         :math:`\alpha_t = 0`."""
         V = self.vocab_size
-        a = self._alpha(per_token(t, x_t))[..., None]
+        t_ = per_token(t, x_t)
+        if self.vector:  # alpha_{t, j} for every j
+            a, noised = self._alpha(t_), self._noised(t_)
+        else:
+            a = self._alpha(t_)[..., None]
+            noised = 1.0 - a
         masked = (x_t == self.mask_id)[..., None]
-        likelihood = torch.where(masked, 1.0 - a, a)  # q(x_t | x_0) of every x_0 that can produce x_t
+        likelihood = torch.where(masked, noised, a)  # q(x_t | x_0) of every x_0 that can produce x_t
         scale = torch.where(likelihood > 0, a / likelihood.clamp_min(_TINY), 0.0)
         scaled = mean.to(torch.float64) * scale  # [B, N, V]
         own = x_t.clamp_max(V - 1)[..., None]
@@ -157,7 +266,8 @@ class MaskedProcess(ddkit.Process):
         r""":math:`\hat R_t(m \to j) = \beta(t)\, s_j` for clean :math:`j`, the diagonal
         minus their sum; a clean token has no reverse rate."""
         V, m = self.vocab_size, self.mask_id
-        beta = self._beta(per_token(t, x_t))[..., None]
+        beta = self._beta(per_token(t, x_t))
+        beta = beta if self.vector else beta[..., None]  # a vector schedule: beta_j(t) for every j
         score = score.to(torch.float64)
         masked = (x_t == m)[..., None]
         # a zero ratio stays zero where the rate is huge (alpha_t = 0)
@@ -178,7 +288,7 @@ class MaskedProcess(ddkit.Process):
         a_s, a_t = self._alpha(per_token(s, x_t)), self._alpha(per_token(t, x_t))
         singular = (a_t <= 0) & (a_s > 0)
         if bool(singular.any()):  # as the generic form: Q(s, t) cannot be inverted there
-            index = tuple(int(i) for i in singular.nonzero()[0])
+            index = tuple(int(i) for i in singular.nonzero()[0])[:2]  # [b, n] (and v for a vector schedule)
             raise ValueError(
                 f"the analytic step from t = {float(per_token(t, x_t)[index])} to "
                 f"s = {float(per_token(s, x_t)[index])} needs an invertible transition matrix; "
@@ -188,8 +298,15 @@ class MaskedProcess(ddkit.Process):
         keep = torch.where(a_s > 0, a_t / a_s.clamp_min(_TINY), torch.ones_like(a_t))
         score = score.to(torch.float64)
         probs = torch.empty(*x_t.shape, self.num_states, dtype=torch.float64, device=x_t.device)
-        probs[..., :V] = (1.0 - keep)[..., None] * score.clamp_min(0.0)
-        probs[..., m] = (keep - (1.0 - keep) * score.sum(-1)).clamp_min(0.0)
+        if self.vector:  # per-token k_v: p(j) ~ s_j (1 - k_j)/k_j, p(m) ~ [1 - sum_j s_j (1 - k_j)/k_j]^+
+            # (1 - k)/k = (alpha_s - alpha_t)/alpha_t; alpha_t > 0 where alpha_s > 0 (refused above)
+            noised_s, noised_t = self._noised(per_token(s, x_t)), self._noised(per_token(t, x_t))
+            odds = torch.where(a_s > 0, (noised_t - noised_s) / a_t.clamp_min(_TINY), 0.0)
+            probs[..., :V] = odds * score.clamp_min(0.0)
+            probs[..., m] = (1.0 - (odds * score).sum(-1)).clamp_min(0.0)
+        else:
+            probs[..., :V] = (1.0 - keep)[..., None] * score.clamp_min(0.0)
+            probs[..., m] = (keep - (1.0 - keep) * score.sum(-1)).clamp_min(0.0)
         total = probs.sum(-1, keepdim=True)
         from_mask = torch.where(total > 0, probs / total.clamp_min(_TINY), probs)
         clean = torch.nn.functional.one_hot(x_t, self.num_states).to(torch.float64)
@@ -202,18 +319,47 @@ class MaskedProcess(ddkit.Process):
         t_ = per_token(t, x_t)
         a, beta = self._alpha(t_), self._beta(t_)
         log_score = log_score.to(torch.float64)
+        if self.vector:
+            return self._vector_score_entropy(x0, x_t, log_score, a, self._noised(t_), beta)
         ratio = a / (1.0 - a).clamp_min(_TINY)
         log_at_x0 = log_score.gather(-1, x0[..., None]).squeeze(-1)
         cross = torch.where(ratio > 0, ratio * log_at_x0, 0.0)
         terms = log_score.exp().sum(-1) - cross + torch.xlogy(ratio, ratio) - ratio
         return torch.where((x_t == self.mask_id) & (beta > 0), beta * terms, 0.0)
 
+    def _vector_score_entropy(self, x0: Tensor, x_t: Tensor, log_score: Tensor, a: Tensor, noised: Tensor,
+                              beta: Tensor) -> Tensor:
+        r"""At the mask :math:`\sum_j \beta_j(t)(s_j - r_j\log s_j + r_j\log r_j - r_j)` with
+        :math:`r_j = \delta_{j x_0}\frac{\alpha_{t,x_0}}{1-\alpha_{t,x_0}}`; 0 at a clean token."""
+        own = x0[..., None]
+        own_ratio = a.gather(-1, own) / noised.gather(-1, own).clamp_min(_TINY)
+        ratio = torch.zeros_like(a).scatter(-1, own, own_ratio)
+        cross = torch.where(ratio > 0, ratio * log_score, 0.0)
+        terms = log_score.exp() - cross + torch.xlogy(ratio, ratio) - ratio
+        total = torch.where(beta > 0, beta * terms, 0.0).sum(-1)
+        return torch.where(x_t == self.mask_id, total, 0.0)
+
     def prior_kl(self, x0: Tensor) -> Tensor:
         r""":math:`\mathrm{KL}(q(x_1|x_0) \| \delta_m)`: zero when :math:`\alpha_1 = 0`,
         infinite otherwise (a shifted schedule never reaches the all-mask prior)."""
         a1 = self._alpha(torch.ones((), dtype=torch.float64))
+        if self.vector:  # per token: alpha_{1, x_0}
+            a1 = a1.detach().to(x0.device)[x0]
+            return torch.where(a1 == 0.0, 0.0, float("inf")).to(torch.float64)
         value = 0.0 if float(a1) == 0.0 else float("inf")
         return torch.full(x0.shape, value, dtype=torch.float64, device=x0.device)
+
+
+def build_schedule(spec: Any, vocab_size: int) -> ddkit.Schedule:
+    """The process's schedule from a name, ``{name: ..., **params}`` or a built schedule; a
+    schedule whose parameters include ``vocab_size`` (vector-valued: one alpha per token) and
+    that was not given one gets the process's."""
+    if isinstance(spec, (str, Mapping)):
+        name, params = split_spec(spec)
+        record = ddkit.get_registry().get("schedule", name)
+        if "vocab_size" in record.params.model_fields and params.get("vocab_size") is None:
+            return ddkit.build("schedule", {"name": name, **params, "vocab_size": vocab_size})
+    return ddkit.build("schedule", spec)
 
 
 @ddkit.hookimpl
