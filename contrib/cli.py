@@ -9,6 +9,7 @@ Arguments after the pipeline file are ``key.path=value`` overrides::
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import sys
@@ -20,14 +21,30 @@ import ddkit
 from ddkit.config import ConfigError
 
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint
-from .pipeline import Pipeline
-from .pipeline_config import known_vocab_size, load_pipeline, load_resolved, pipeline_json_schema
+from .pipeline import Pipeline, device_problem
+from .pipeline_config import SEED_MAX, known_vocab_size, load_pipeline, load_resolved, pipeline_json_schema
 from .training import TrainingInterrupted
+
+
+#: what to do about a file system error, by errno
+_FILE_SYSTEM_HINTS = {errno.ENOSPC: "free some space or write elsewhere (--out)",
+                      errno.EROFS: "write to a writable directory (--out)",
+                      errno.EACCES: "write to a writable directory (--out)",
+                      errno.EPERM: "write to a writable directory (--out)"}
+
+
+def _file_system_error(exc: OSError) -> str:
+    """One line: what the file system refused, the path, and what to do."""
+    what = exc.strerror or str(exc) or type(exc).__name__
+    path = f": {exc.filename}" if exc.filename else ""
+    hint = _FILE_SYSTEM_HINTS.get(exc.errno)
+    return f"file system: {what}{path}" + (f"; {hint}" if hint else "")
 
 
 def _friendly(command):
     """Turn ddkit's own errors into a clean message and exit status 1 (2 for config errors,
-    3 for numerical failures such as NaN logits or a denoiser output of the wrong shape;
+    3 for numerical failures such as NaN logits or a denoiser output of the wrong shape,
+    4 when the file system refuses a read or write, e.g. a full disk or a read-only folder;
     128 + the signal number when training stopped on SIGTERM or SIGINT after a checkpoint)."""
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -45,6 +62,9 @@ def _friendly(command):
         except ddkit.DDKitError as exc:
             click.echo(f"Error: {exc}", err=True)
             sys.exit(1)
+        except OSError as exc:
+            click.echo(f"Error: {_file_system_error(exc)}", err=True)
+            sys.exit(4)
         except KeyboardInterrupt:
             click.echo("\ninterrupted; the checkpoint holds the last completed step (continue with --resume)", err=True)
             sys.exit(130)
@@ -80,7 +100,24 @@ _resume_option = click.option("--resume", is_flag=True,
                               help="Continue the run in the run directory from its checkpoint.")
 _out_option = click.option("--out", type=click.Path(file_okay=False),
                            help="Run directory (default: output.dir, else runs/<name>).")
-_device_option = click.option("--device", help="cpu, cuda, cuda:N (default: train.device).")
+
+
+def _check_device(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    problem = None if value is None else device_problem(value)
+    if problem is not None:
+        raise click.BadParameter(problem)
+    return value
+
+
+def _check_blank(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and len(value) != 1:
+        raise click.BadParameter(f"{value!r} is {len(value)} characters; expected one character")
+    return value
+
+
+_device_option = click.option("--device", callback=_check_device,
+                              help="auto, cpu, cuda, cuda:N or mps (default: train.device).")
+_seed_option = click.option("--seed", type=click.IntRange(0, SEED_MAX), help="Seed of the random draws.")
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
@@ -133,7 +170,7 @@ def _source(run_dir: str | None, ckpt: str | None) -> Path:
 @click.option("--discrete-steps", type=click.IntRange(min=1), help="Also the discrete-time ELBO with T steps.")
 @click.option("--max-sequences", type=click.IntRange(min=1))
 @click.option("--batch-size", type=click.IntRange(min=1), help="Rows per denoiser call.")
-@click.option("--seed", type=int)
+@_seed_option
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), help="JSON file (default: RUN/eval.json).")
 @click.option("--judge", "judge_run", type=click.Path(exists=True, file_okay=False),
               help="An autoregressive run (pipelines/ar.yaml): also report the generative perplexity of RUN's "
@@ -192,8 +229,8 @@ def _judge(run_dir, judge_run, device) -> dict:
 @click.option("--length", type=click.IntRange(min=1), help="Tokens per sample (default: sample.length or data.seq_len).")
 @click.option("--prompt", help="Fixed prefix text.")
 @click.option("--infill", help="Template; the blank character marks the positions to generate.")
-@click.option("--blank", help="Blank character of --infill (default '_').")
-@click.option("--seed", type=int)
+@click.option("--blank", callback=_check_blank, help="Blank character of --infill (default '_').")
+@_seed_option
 @click.option("--show/--no-show", default=None, help="Print the denoising trajectory of the first sample.")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), help="Samples file (default: RUN/samples.txt).")
 @_device_option
@@ -230,8 +267,15 @@ def config():
 def validate(args, no_data):
     """Check PIPELINE.yaml [overrides]: schema, plugin parameters, vocabulary, lengths, and
     whether the model, the process and the sampler fit together."""
+    from .runner import output_dir_problem, run_dir_of
+
     path, overrides = _split_args(args, need_file=True)
     cfg = load_pipeline(path, overrides)
+    run_dir, where = run_dir_of(cfg)
+    problems = [f"{key}: {problem}" for key, problem in (("train.device", device_problem(cfg.train.device)),
+                                                         (where, output_dir_problem(run_dir))) if problem]
+    if problems:  # what this machine lacks, before building anything
+        raise ConfigError(problems, source=path)
     if no_data and known_vocab_size(cfg.model_dump(mode="json")) is None:
         click.echo(f"{path}: valid as a file (the vocabulary comes from the corpus: the process, model, loss and "
                    f"sampler are checked without --no-data)")

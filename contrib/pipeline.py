@@ -14,7 +14,11 @@ Before anything is trained, these mismatches are reported as
 above the network's maximum; a model whose time conditioning differs from the
 parameterization's; a sampler whose ``requires`` the process lacks; a sampler that would not
 receive the pipeline's parameterization while that is not the plain default (the mean
-without time conditioning), e.g. a time-conditioned model that would receive ``t = 0``.
+without time conditioning), e.g. a time-conditioned model that would receive ``t = 0``;
+a device this machine lacks; an evaluation split the data set lacks; a prompt or infill
+template with characters outside the vocabulary; a network too large for the memory. The
+network's size is found by building it on PyTorch's ``meta`` device (shapes without
+storage) before it is built for real, so a network that does not fit is never allocated.
 
 :meth:`Pipeline.resolved_config` is the fully resolved config (defaults filled in, ``V``
 written into ``process`` and ``model``, the tokenizer's alphabet written into
@@ -24,6 +28,8 @@ written into ``process`` and ``model``, the tokenizer's alphabet written into
 from __future__ import annotations
 
 import copy
+import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,19 +40,103 @@ from ddkit.config import ConfigError, format_parameter_error
 from ddkit.registry import split_spec
 
 from .data import DataSplits, Dataset
-from .pipeline_config import (PIPELINE_PROVIDED, PROVIDED_FROM, SETTABLE, PipelineConfig, check_components,
-                              default_spec, load_pipeline, provided_values, set_components)
+from .pipeline_config import (DEVICE_PATTERN, PIPELINE_PROVIDED, PROVIDED_FROM, SETTABLE, PipelineConfig,
+                              check_components, default_spec, load_pipeline, provided_values, set_components)
+from .sampling import build_prompt
 from .tokenizers import Tokenizer
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> ``cuda`` if available, else ``cpu``; anything else must be usable."""
+#: bytes per parameter while training in float32: the weights, their gradients, AdamW's two
+#: moments and the EMA copy, 4 bytes each
+TRAINING_BYTES_PER_PARAMETER = 5 * 4
+
+
+def device_problem(name: str) -> str | None:
+    """Why ``name`` is not a device of this machine (``None``: it is): not one of ``auto``,
+    ``cpu``, ``cuda``, ``cuda:N``, ``mps``, or not present here."""
+    if not isinstance(name, str) or not re.fullmatch(DEVICE_PATTERN, name):
+        return f"{name!r} is not a device; expected auto, cpu, cuda, cuda:N or mps"
+    if name in ("auto", "cpu"):
+        return None
+    if name == "mps":
+        return None if torch.backends.mps.is_available() else \
+            "'mps' (Apple's Metal backend) is not available on this machine; use auto or cpu"
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        return f"{name!r}: CUDA is not available on this machine; use auto or cpu"
+    index = torch.device(name).index
+    if index is not None and index >= count:
+        return f"{name!r}: this machine has {count} CUDA device{'s' if count != 1 else ''} (cuda:0 to cuda:{count - 1})"
+    return None
+
+
+def resolve_device(name: str, *, where: str = "train.device") -> torch.device:
+    """``auto`` -> ``cuda`` if available, else ``cpu``; anything else must be a device of this
+    machine (:func:`device_problem`), else a :class:`ConfigError` naming ``where``."""
+    problem = device_problem(name)
+    if problem is not None:
+        raise ConfigError(f"{where}: {problem}")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device: CUDA is not available on this machine (got {name!r}); use auto or cpu")
-    return device
+    return torch.device(name)
+
+
+def memory_bytes(device: torch.device) -> tuple[int, str] | None:
+    """``(bytes, what they are)`` of the memory a new network can take on ``device``: a CUDA
+    device's free memory; on the CPU the available RAM when ``psutil`` is installed, else the
+    physical RAM (``os.sysconf``); ``None`` where unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0], "free"
+    if device.type != "cpu":
+        return None
+    try:
+        import psutil
+    except ImportError:
+        try:
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "in all"
+        except (AttributeError, ValueError, OSError):
+            return None
+    return psutil.virtual_memory().available, "available"
+
+
+def _size(count: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if count < 1000 or unit == "TB":
+            return f"{count:,.0f} {unit}" if unit == "bytes" else f"{count:,.1f} {unit}"
+        count /= 1000
+    raise AssertionError("unreachable")
+
+
+def count_model_parameters(spec: Any, values: dict[str, Any]) -> int | None:
+    """The parameter count of the network ``spec`` builds, from a build on the ``meta`` device
+    (shapes, no storage: nothing is allocated). Sizes beyond what PyTorch can represent are a
+    :class:`ConfigError`; a network that cannot be built on the meta device gives ``None``."""
+    try:
+        with torch.device("meta"):
+            model = build_component("model", spec, values, where="model")
+    except (RuntimeError, TypeError, OverflowError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, OverflowError) or "overflow" in reason.lower():
+            raise ConfigError(f"model: its sizes are too large to build a network ({reason}); "
+                              f"lower model.width, model.depth or the like") from None
+        return None
+    return sum(p.numel() for p in model.parameters())
+
+
+def memory_problems(parameters: int, device: torch.device) -> list[str]:
+    """A network of ``parameters`` that would not fit for training (:data:`TRAINING_BYTES_PER_PARAMETER`)
+    on ``device``, or whose weights would not fit the RAM it is built in."""
+    needs = [(device, parameters * TRAINING_BYTES_PER_PARAMETER, "to train in float32 (weights, gradients, "
+              "AdamW's two moments and the EMA)")]
+    if device.type != "cpu":
+        needs.append((torch.device("cpu"), parameters * 4, "to build its float32 weights in RAM"))
+    problems = []
+    for where, need, purpose in needs:
+        memory = memory_bytes(where)
+        if memory is not None and need > memory[0]:
+            problems.append(f"model: {parameters:,} parameters need about {_size(need)} {purpose}, but {where} "
+                            f"has {_size(memory[0])} {memory[1]}; lower model.width or model.depth")
+    return problems
 
 
 def build_component(kind: str, spec: Any, values: dict[str, Any], *, where: str) -> Any:
@@ -99,8 +189,10 @@ class Pipeline:
         (a resolved config carries its alphabet) and ``data`` is ``None``."""
         config = config.model_copy(deep=True)
         seq_len = config.data.seq_len
-        dataset: Dataset = ddkit.build("dataset", config.data.dataset)
-        tokenizer = ddkit.build("tokenizer", config.data.tokenizer) if config.data.tokenizer else None
+        device_ = resolve_device(device, where="device") if device else resolve_device(config.train.device)
+        dataset: Dataset = build_component("dataset", config.data.dataset, {}, where="data.dataset")
+        tokenizer = (build_component("tokenizer", config.data.tokenizer, {}, where="data.tokenizer")
+                     if config.data.tokenizer else None)
         data = None
         if load_data:
             try:
@@ -114,6 +206,14 @@ class Pipeline:
                     data[split].check_length(seq_len, split)
                 except (KeyError, ValueError) as exc:
                     problems.append(f"data.seq_len: {exc.args[0]}")
+            split = config.eval.split
+            if split not in data.splits:
+                problems.append(f"eval.split: this data set has no {split!r} split; it has {', '.join(data.splits)}")
+            elif split not in ("train", "validation"):
+                try:
+                    data[split].check_length(seq_len, split)
+                except ValueError as exc:
+                    problems.append(f"eval.split: {exc}")
             if problems:
                 raise ConfigError(problems)
         else:
@@ -122,6 +222,9 @@ class Pipeline:
                 raise ConfigError("data.tokenizer: the tokenizer's alphabet is not recorded; "
                                   "load the data to fit it")
         V = tokenizer.vocab_size
+        sample_problems = cls._check_sample(config, tokenizer)
+        if sample_problems:
+            raise ConfigError(sample_problems)
         config.data.tokenizer = tokenizer.spec()
         config.mark_checked("data.tokenizer")  # the spec of a built tokenizer
 
@@ -143,7 +246,11 @@ class Pipeline:
         process = values["process"] = build_component("process", config.process, values, where="process")
         parameterization = values["parameterization"] = build_component(
             "parameterization", config.parameterization, values, where="parameterization")
-        device_ = resolve_device(device or config.train.device)
+        parameters = count_model_parameters(config.model, values)  # before any memory is taken
+        if parameters is not None:
+            problems = memory_problems(parameters, device_)
+            if problems:
+                raise ConfigError(problems)
         torch.manual_seed(config.seed)  # the network's initialisation follows the pipeline's seed
         model = build_component("model", config.model, values, where="model")
         for section in ("process", "model"):  # the resolved config records V
@@ -210,9 +317,11 @@ class Pipeline:
             if config.data.seq_len > max_len:
                 problems.append(f"data.seq_len: {config.data.seq_len} is above the model's maximum "
                                 f"sequence length model.max_seq_len={max_len}")
-            length = config.sample.length or config.data.seq_len
+            infill = config.sample.infill
+            length = len(infill) if infill is not None else config.sample.length or config.data.seq_len
             if length > max_len:
-                problems.append(f"sample.length: {length} is above model.max_seq_len={max_len}")
+                what = "sample.infill: the template's length" if infill is not None else "sample.length:"
+                problems.append(f"{what} {length} is above model.max_seq_len={max_len}")
         model_tc = getattr(model, "time_conditioning", None)
         if model_tc is not None and model_tc != parameterization.time_conditioning:
             effect = ("the network would receive t = 0" if model_tc else
@@ -221,6 +330,21 @@ class Pipeline:
                 f"model.time_conditioning: {model_tc} but parameterization.time_conditioning is "
                 f"{parameterization.time_conditioning} ({effect}); set both to the same value")
         return problems
+
+    @staticmethod
+    def _check_sample(config: PipelineConfig, tokenizer: Tokenizer) -> list[str]:
+        """A prompt or infill template that the tokenizer cannot encode, or that does not fit
+        the sample length (as :func:`~ddkit.contrib.runner.sample_pipeline` will read them)."""
+        sample = config.sample
+        if sample.prompt is None and sample.infill is None:
+            return []
+        where = "sample.infill" if sample.infill is not None else "sample.prompt"
+        length = None if sample.infill is not None else sample.length or config.data.seq_len
+        try:
+            build_prompt(tokenizer, 1, length, prompt=sample.prompt, infill=sample.infill, blank=sample.blank)
+        except ValueError as exc:
+            return [f"{where}: {exc}"]
+        return []
 
     def parameterization_for(self, sampler: ddkit.Sampler) -> ddkit.Parameterization | None:
         """The pipeline's parameterization if ``sampler.sample`` takes it as ``parameterization=``

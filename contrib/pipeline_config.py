@@ -19,11 +19,12 @@ on the corpus leaves the process, the model and the loss to :meth:`Pipeline.buil
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticUndefined
 
 import ddkit
@@ -32,8 +33,18 @@ from ddkit.config import (CheckedComponent, ComponentSpec, ConfigError, check_co
 from ddkit.registry import split_spec
 
 
+#: the largest seed: seeds are 64-bit integers (``torch.Generator.manual_seed``), and the pipeline
+#: seeds its generators with ``seed + 1`` ... ``seed + 5``
+SEED_MAX = 2**63 - 1
+#: the device names a pipeline and ``--device`` take
+DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?|mps)$"
+#: a coefficient of AdamW's moving averages
+AdamBeta = Annotated[float, Field(ge=0, lt=1)]
+
+
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # a float in a pipeline is a finite number: NaN and infinity are refused where they are written
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class DataConfig(Section):
@@ -65,7 +76,7 @@ class TrainConfig(Section):
     warmup_steps: int = Field(100, ge=0, description="linear warmup from 0 to lr")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine decays to lr * min_lr_ratio")
     weight_decay: float = Field(0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.99)
+    betas: tuple[AdamBeta, AdamBeta] = Field((0.9, 0.99), description="AdamW's (beta1, beta2), each in [0, 1)")
     grad_clip: float | None = Field(1.0, gt=0, description="max global gradient norm; null: off")
     ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA of the weights for eval and sampling; 0: off")
     log_every: int = Field(50, ge=1, description="steps between metric lines")
@@ -76,7 +87,8 @@ class TrainConfig(Section):
         600.0, gt=0, allow_inf_nan=False,
         description="also checkpoint once this many seconds of training passed since the last checkpoint; "
                     "null: by steps only")
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$", description="auto: cuda if available")
+    device: str = Field("auto", json_schema_extra={"pattern": DEVICE_PATTERN},
+                        description="auto (cuda if available), cpu, cuda, cuda:N or mps")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU")
     progress: bool = Field(True, description="show a progress bar")
     compile: bool = Field(False, description="torch.compile the network for training (the first steps compile)")
@@ -85,6 +97,13 @@ class TrainConfig(Section):
                                 "capture the graph (for debugging)")
     distributed: DistributedConfig = Field(default_factory=DistributedConfig,
                                            description="multi-process training under torchrun")
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, value: str) -> str:
+        if not re.fullmatch(DEVICE_PATTERN, value):
+            raise ValueError("not a device; expected auto, cpu, cuda, cuda:N or mps")
+        return value
 
 
 class EvalConfig(Section):
@@ -103,7 +122,7 @@ class SampleConfig(Section):
     prompt: str | None = Field(None, description="fixed prefix text")
     infill: str | None = Field(None, description="template; the blank character marks generated positions")
     blank: str = Field("_", min_length=1, max_length=1, description="blank character of an infill template")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="seed of the sampling generator")
     show: bool = Field(True, description="record and print the denoising trajectory of the first sample")
 
     @model_validator(mode="after")
@@ -121,7 +140,7 @@ class PipelineConfig(Section):
     """A whole experiment: data -> model -> process -> loss -> training -> evaluation -> sampling."""
 
     name: str = Field("run", pattern=r"^[\w.\-]+$", description="run name (default directory runs/<name>)")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="seed of the initialisation, the data order and the noise")
     data: DataConfig
     model: ComponentSpec("model")
     process: ComponentSpec("process") = {"name": "masked", "schedule": "linear"}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from typing import Any
 import torch
 
 import ddkit
-from ddkit.config import ConfigError, apply_overrides, to_yaml
+from ddkit.config import ConfigError, apply_overrides, parse_override, to_yaml
 from ddkit.registry import split_spec
 
 from .checkpoint import CHECKPOINT_NAME, Checkpoint, atomic_write_text, load_checkpoint, temporaries
@@ -36,11 +37,40 @@ from .sampling import Samples, draw_samples
 from .training import TrainResult, train_pipeline
 
 
+def output_dir_problem(path: str | Path) -> str | None:
+    """Why no run directory can be written at ``path`` (``None``: one can): it, or a folder
+    above it, is a file, or the nearest existing folder is not writable."""
+    path = Path(path)
+    for existing in (path, *path.parents):
+        if not existing.exists():
+            continue
+        if not existing.is_dir():
+            return f"{existing} is a file, not a directory" + ("" if existing == path else f", so {path} cannot be made")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            return f"{existing} is not writable" + ("" if existing == path else f", so {path} cannot be made")
+        return None
+    return None
+
+
+def run_dir_of(config: PipelineConfig, out: str | None = None) -> tuple[Path, str]:
+    """``(run directory before any suffix, where it was set)``: ``out`` (``--out``), else
+    ``output.dir``, else ``runs/<name>``."""
+    if out:
+        return Path(out), "--out"
+    if config.output.dir:
+        return Path(config.output.dir), "output.dir"
+    return Path(f"runs/{config.name}"), "output.dir (default runs/<name>)"
+
+
 def choose_run_dir(config: PipelineConfig, out: str | None = None, *, resume: bool = False) -> tuple[Path, str | None]:
     """The run directory: ``out``, else ``output.dir``, else ``runs/<name>``. A fresh run
     never mixes with an existing one: a non-empty directory gets a ``-2``, ``-3``, ...
-    suffix (with a note); ``resume`` needs the directory's checkpoint."""
-    base = Path(out or config.output.dir or f"runs/{config.name}")
+    suffix (with a note); ``resume`` needs the directory's checkpoint. A directory that cannot
+    be written (:func:`output_dir_problem`) is a :class:`ConfigError`, before anything runs."""
+    base, where = run_dir_of(config, out)
+    problem = output_dir_problem(base)
+    if problem is not None:
+        raise ConfigError(f"{where}: {problem}")
     if resume:
         if not (base / CHECKPOINT_NAME).is_file():
             raise ConfigError(f"--resume: no checkpoint in {base} (give the run directory with --out or output.dir)")
@@ -71,9 +101,18 @@ def load_run(source: str | Path, *, load_data: bool = False, device: str | None 
 
 def make_sampler(pipeline: Pipeline, name: str | None = None, params: list[str] | tuple[str, ...] = ()) -> tuple[ddkit.Sampler, dict]:
     """The pipeline's sampler, or sampler ``name``, with ``key.path=value`` parameter overrides
-    (``-p``), built and checked like a pipeline's sampler (:meth:`Pipeline.make_sampler`)."""
+    (``-p``), built and checked like a pipeline's sampler (:meth:`Pipeline.make_sampler`).
+    Every ``-p`` that cannot be read is reported, one line each, before the sampler is built."""
     base_name, base_params = split_spec(pipeline.config.sampler)
     spec = {"name": base_name, **base_params} if name in (None, base_name) else {"name": name}
+    problems = []
+    for text in params:
+        try:
+            parse_override(text)
+        except ConfigError as exc:
+            problems.append(f"-p {exc.problems[0].removeprefix('override ')}")
+    if problems:
+        raise ConfigError(problems)
     spec = apply_overrides(spec, params)
     return pipeline.make_sampler(spec, where="sampler"), spec
 

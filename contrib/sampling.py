@@ -36,6 +36,8 @@ def build_prompt(tokenizer: Tokenizer, num_samples: int, length: int | None, *, 
     if prompt is not None and infill is not None:
         raise ValueError("give either a prompt prefix or an infill template, not both")
     if infill is not None:
+        if len(blank) != 1:
+            raise ValueError(f"the blank character is {blank!r}; expected one character")
         if length is not None and length != len(infill):
             raise ValueError(f"the infill template has {len(infill)} characters but length={length}")
         row = []

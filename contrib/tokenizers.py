@@ -189,6 +189,10 @@ def check_char_options(alphabet: str | None, preset: str | None, unknown: str, r
         raise ValueError("give either alphabet or preset, not both")
     if unknown == "replace" and replacement is None:
         raise ValueError("unknown: replace needs a replacement character")
+    known = TEXT8_ALPHABET if preset == "text8" else alphabet
+    if unknown == "replace" and known is not None and replacement not in known:
+        raise ValueError(f"replacement {replacement!r} is not in the alphabet {known!r:.80}; "
+                         f"the replacement must be one of its characters")
 
 
 class CharParams(ddkit.params_model(CharTokenizer)):

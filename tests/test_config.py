@@ -84,7 +84,7 @@ BROKEN = [
     ("sampler.parameterization=mean", ["sampler.parameterization: set by the pipeline"]),
     # bad enumerations and ranges
     ("train.lr_schedule=linear", ["train.lr_schedule:", "'constant' or 'cosine'", "'linear'"]),
-    ("train.device=gpu", ["train.device:", "pattern", "'gpu'"]),
+    ("train.device=gpu", ["train.device: not a device; expected auto, cpu, cuda, cuda:N or mps", "'gpu'"]),
     ("loss.t_min=1.5", ["loss.t_min (loss 'continuous_elbo'):", "less than 1", "1.5"]),
     ("sample.prompt=ab", None),  # valid on its own ...
     # inside a nested component: the same one-line format, at the nested path

@@ -27,13 +27,16 @@ from ddkit.testing.oracles import MarkovChain
 from ..tokenizers import CharTokenizer, Tokenizer
 from .base import DataSplits, Dataset, Split
 
+#: the largest seed: the splits are drawn with torch generators seeded ``seed * 1000 + 1 ... + 3``
+SEED_MAX = (2**63 - 1) // 1000 - 1
 SYMBOLS = string.ascii_lowercase + string.ascii_uppercase + string.digits
 
 
 class MarkovDataset(Dataset):
     def __init__(self,
                  vocab_size: Annotated[int, Field(ge=2, le=len(SYMBOLS), description="states of the chain")] = 8,
-                 seed: Annotated[int, Field(ge=0, description="seed of the chain and of its samples")] = 0,
+                 seed: Annotated[int, Field(
+                     ge=0, le=SEED_MAX, description="seed of the chain and of its samples")] = 0,
                  concentration: Annotated[float, Field(
                      gt=0, description="Dirichlet concentration of each row (small: peaked)")] = 0.5,
                  train_sequences: Annotated[int, Field(ge=1)] = 20000,
