@@ -303,7 +303,7 @@ def large_table(vocab: int, length: int, num: int, seed: int, schedule: str) -> 
 
 
 TABLES = ("masked", "uniform", "decoders", "large")
-DECODER_SAMPLES = 50_000
+DECODER_SAMPLES = 20_000
 
 
 def main() -> None:
