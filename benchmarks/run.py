@@ -16,6 +16,9 @@ Sections:
 * ``sampler``: a full masked-diffusion sampling run (ancestral, 128 steps) with a trivial
   denoiser (precomputed logits) vs a minimal hand-written loop doing the same math;
   target <= 1.1x;
+* ``decoders``: ancestral sampling with the ``remdm`` (rescale) and ``low_confidence``
+  unmasking rules, 128 steps, against hand-written loops of the same math, at every shape;
+  target <= 1.1x with the Numba backend;
 * ``losses``: the masked process's score-entropy loss (mean parameterization, the closed-form
   score path) vs its continuous ELBO on the same draws at (B, N, V) = (4000, 32, 27): the
   same nats, at a cost that should stay a small multiple (before the score path was
@@ -285,6 +288,92 @@ def bench_sampler(device, budget_s, log, steps=128):
     return rows
 
 
+def _inverse_cdf(rows, u):
+    cdf = (rows - rows.amax(-1, keepdim=True)).exp().cumsum(-1)
+    return torch.searchsorted(cdf, u[:, None] * cdf[:, -1:], right=True).squeeze(-1).clamp_max(rows.shape[-1] - 1)
+
+
+def hand_written_remdm(logits, steps, eta, generator):
+    """ReMDM-rescale by hand (linear schedule, uniform grid): the masked step with the
+    remasking coefficient, then each clean token of x_t masked again w.p. sigma."""
+    B, N, V = logits.shape
+    device = logits.device
+    x = torch.full((B, N), V, dtype=torch.long, device=device)
+    for i in range(steps):
+        t, s = (steps - i) / steps, (steps - i - 1) / steps
+        alpha_t, alpha_s = 1.0 - t, 1.0 - s
+        last = i == steps - 1
+        bound = 1.0 if alpha_t == 0 else min(1.0, (1.0 - alpha_s) / alpha_t)
+        sigma = 0.0 if last else eta * bound
+        p = 1.0 if last else (alpha_s - (1.0 - sigma) * alpha_t) / (1.0 - alpha_t)
+        u_move = torch.rand(B, N, generator=generator, dtype=torch.float64, device=device)
+        u_token = torch.rand(B, N, generator=generator, dtype=torch.float64, device=device)
+        clean = x != V
+        moving = ((x == V) & (u_move < p)).nonzero(as_tuple=True)
+        x[moving] = _inverse_cdf(logits[moving].double(), u_token[moving])
+        if sigma > 0:
+            u = torch.rand(B, N, generator=generator, dtype=torch.float64, device=device)
+            x[clean & (u < sigma)] = V
+    return x
+
+
+def hand_written_low_confidence(logits, steps, generator):
+    """LLaDA low-confidence decoding by hand: per step draw every masked token, commit the
+    floor(M/T) (+1 for the first M mod T steps) of highest probability."""
+    B, N, V = logits.shape
+    device = logits.device
+    x = torch.full((B, N), V, dtype=torch.long, device=device)
+    for i in range(steps):
+        masked = x == V
+        if not bool(masked.any()):
+            break
+        rows = logits[masked].double()
+        u = torch.rand(rows.shape[0], generator=generator, dtype=torch.float64, device=device)
+        token = _inverse_cdf(rows, u)
+        w = (rows - rows.amax(-1, keepdim=True)).exp()
+        score = torch.full((B, N), float("-inf"), dtype=torch.float64, device=device)
+        score[masked] = w.gather(-1, token[:, None]).squeeze(-1) / w.sum(-1)
+        k = N // steps + (i < N % steps) if i < steps - 1 else N
+        rank = (-score).argsort(dim=-1, stable=True).argsort(dim=-1)
+        candidate = torch.full((B, N), V, dtype=torch.long, device=device)
+        candidate[masked] = token
+        commit = masked & (rank < k)
+        x = torch.where(commit, candidate, x)
+    return x
+
+
+def bench_decoders(device, budget_s, log, steps=128):
+    """The decoders of the unmasking rules against hand-written loops of the same math."""
+    rows = []
+    backend = "torch" if device.type == "cuda" else "numba"
+    cases = [("remdm rescale eta=0.05", {"name": "remdm", "strategy": "rescale", "eta": 0.05},
+              lambda logits, gen: hand_written_remdm(logits, steps, 0.05, gen)),
+             ("low_confidence", "low_confidence", lambda logits, gen: hand_written_low_confidence(logits, steps, gen))]
+    for shape in SHAPES:
+        B, N, V = shape
+        logits = (torch.randn(B, N, V, generator=torch.Generator().manual_seed(1)) * 3).to(device)
+        process = ddkit.build("process", "masked", vocab_size=V, schedule="linear")
+        for name, rule, hand in cases:
+            sampler = ddkit.build("sampler", "ancestral", steps=steps, backend=backend, rule=rule)
+
+            def ddkit_run():
+                gen = torch.Generator(device=device).manual_seed(2)
+                return sampler.sample(lambda x_t, t: logits, process, num_samples=B, length=N, generator=gen,
+                                      device=device).tokens
+
+            def hand_run():
+                return hand(logits, torch.Generator(device=device).manual_seed(2))
+
+            base, cand, rounds = time_pair(hand_run, ddkit_run, device, budget_s=budget_s, max_rounds=9)
+            same = torch.equal(hand_run(), ddkit_run())
+            ratio = cand / base
+            rows.append(row("decoders", f"{name} {steps} steps, backend={backend}", shape, "hand-written loop",
+                            "ddkit ancestral + rule", base * 1e3, cand * 1e3, ratio, "ms", target="<= 1.1",
+                            met=ratio <= 1.1, rounds=rounds, note="identical samples" if same else "samples differ"))
+            log(rows[-1])
+    return rows
+
+
 # -- losses ----------------------------------------------------------------------------------
 
 
@@ -398,7 +487,7 @@ def table(rows):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--sections", default="kernels,memory,sampler,losses,train")
+    parser.add_argument("--sections", default="kernels,memory,sampler,decoders,losses,train")
     parser.add_argument("--json", type=Path, default=None, help="default: benchmarks/results/<device>.json")
     parser.add_argument("--budget", type=float, default=2.0, help="seconds per row (rounds fit in it)")
     parser.add_argument("--quick", action="store_true", help="budget 0.3 s per row")
@@ -430,6 +519,8 @@ def main():
             rows += bench_memory(device, log)
         elif section == "sampler":
             rows += bench_sampler(device, budget, log)
+        elif section == "decoders":
+            rows += bench_decoders(device, budget, log)
         elif section == "losses":
             rows += bench_losses(device, budget, log)
         elif section == "train":
