@@ -81,6 +81,33 @@ class Checkpoint:
         ema = self.group("ema")
         return ema if (prefer_ema and ema) else self.group("model")
 
+    def check_fits(self, module: torch.nn.Module, state: dict[str, Tensor], *, what: str) -> None:
+        """Refuse ``state`` (the ``what.*`` tensors) for ``module`` when its tensors do not match
+        the module the config builds (missing, unexpected, another shape): a
+        :class:`CheckpointError` that counts them and names the first of each."""
+        expected = module.state_dict()
+        missing = sorted(expected.keys() - state.keys())
+        unexpected = sorted(state.keys() - expected.keys())
+        reshaped = [key for key in sorted(expected.keys() & state.keys())
+                    if isinstance(expected[key], Tensor) and expected[key].shape != state[key].shape]
+        problems = []
+        if missing:
+            problems.append(f"{len(missing)} missing (first {what}.{missing[0]})")
+        if unexpected:
+            problems.append(f"{len(unexpected)} not in the network (first {what}.{unexpected[0]})")
+        if reshaped:
+            key = reshaped[0]
+            problems.append(f"{len(reshaped)} of another shape (first {what}.{key}: {list(state[key].shape)} in "
+                            f"the file, {list(expected[key].shape)} in the network)")
+        if problems:
+            raise CheckpointError(f"{self.path}: the {what} tensors do not match the network its config builds: "
+                                  + "; ".join(problems))
+
+    def load_into(self, module: torch.nn.Module, state: dict[str, Tensor], *, what: str) -> None:
+        """Load ``state`` (the ``what.*`` tensors) into ``module``, after :meth:`check_fits`."""
+        self.check_fits(module, state, what=what)
+        module.load_state_dict(state)
+
 
 def _fsync_dir(directory: Path) -> None:
     try:
@@ -141,7 +168,16 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tenso
 
 
 def optimizer_state(tensors: dict[str, Tensor], meta: dict[str, Any]) -> dict[str, Any]:
-    """Inverse of :func:`optimizer_tensors`: a ``state_dict`` for ``load_state_dict``."""
+    """Inverse of :func:`optimizer_tensors`: a ``state_dict`` for ``load_state_dict``. Metadata
+    of another shape is a :class:`CheckpointError`."""
+    try:
+        return _optimizer_state(tensors, meta)
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"the checkpoint's optimizer state is malformed ({type(exc).__name__}: "
+                              f"{str(exc)[:120]})") from None
+
+
+def _optimizer_state(tensors: dict[str, Tensor], meta: dict[str, Any]) -> dict[str, Any]:
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         if key.startswith("optimizer."):
@@ -221,11 +257,15 @@ def _read_meta(path: Path, raw: str) -> dict[str, Any]:
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path} has checkpoint format {meta.get('format')!r}; this ddkit reads {FORMAT!r}")
     expected = {"step": int, "config": dict, "sha256": (dict, type(None))}
-    for key, kind in expected.items():
+    optional = {"ema_updates": int, "optimizer": dict}  # written by training
+    for key, kind in [*expected.items(), *((key, kind) for key, kind in optional.items() if key in meta)]:
         value = meta.get(key)
         if not isinstance(value, kind) or isinstance(value, bool):
             raise CheckpointError(f"{path}: the checkpoint's metadata field {key!r} is {value!r:.60}, "
                                   f"expected {'an integer' if kind is int else 'a JSON object'}")
+    if "optimizer" in meta and not isinstance(meta["optimizer"].get("param_groups"), list):
+        raise CheckpointError(f"{path}: the checkpoint's metadata field 'optimizer' has no list of "
+                              f"'param_groups' (got {meta['optimizer'].get('param_groups')!r:.60})")
     return meta
 
 

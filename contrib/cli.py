@@ -22,7 +22,7 @@ from ddkit.config import ConfigError
 
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint
 from .pipeline import Pipeline, device_problem
-from .pipeline_config import SEED_MAX, known_vocab_size, load_pipeline, load_resolved, pipeline_json_schema
+from .pipeline_config import SEED_MAX, known_vocab_size, load_pipeline, pipeline_json_schema
 from .training import TrainingInterrupted
 
 
@@ -81,13 +81,13 @@ def _split_args(args: tuple[str, ...], *, need_file: bool) -> tuple[str | None, 
 
 
 def _load_for_run(args: tuple[str, ...], out: str | None, resume: bool):
-    from .runner import choose_run_dir
+    from .runner import checkpoint_config, choose_run_dir
 
     path, overrides = _split_args(args, need_file=not resume)
     if path is None:  # --resume with only overrides: the run directory's own config
         if out is None:
             raise ConfigError("--resume without a pipeline file needs --out RUN_DIR")
-        config = load_resolved(load_checkpoint(Path(out)).config, overrides)
+        config = checkpoint_config(load_checkpoint(Path(out)), overrides)
     else:
         config = load_pipeline(path, overrides)
     run_dir, note = choose_run_dir(config, out, resume=resume)

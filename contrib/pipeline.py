@@ -184,9 +184,13 @@ class Pipeline:
         return cls.build(load_pipeline(path, overrides), **kwargs)
 
     @classmethod
-    def build(cls, config: PipelineConfig, *, load_data: bool = True, device: str | None = None) -> Pipeline:
+    def build(cls, config: PipelineConfig, *, load_data: bool = True, device: str | None = None,
+              check_sample: bool = True) -> Pipeline:
         """Build every component. Without ``load_data`` the tokenizer must be complete
-        (a resolved config carries its alphabet) and ``data`` is ``None``."""
+        (a resolved config carries its alphabet) and ``data`` is ``None``. ``check_sample``:
+        refuse a ``sample`` section whose prompt or infill template the tokenizer cannot
+        encode (a stored run's section is only the default of ``ddkit sample``, which checks
+        what it samples with)."""
         config = config.model_copy(deep=True)
         seq_len = config.data.seq_len
         device_ = resolve_device(device, where="device") if device else resolve_device(config.train.device)
@@ -222,7 +226,7 @@ class Pipeline:
                 raise ConfigError("data.tokenizer: the tokenizer's alphabet is not recorded; "
                                   "load the data to fit it")
         V = tokenizer.vocab_size
-        sample_problems = cls._check_sample(config, tokenizer)
+        sample_problems = cls._check_sample(config, tokenizer) if check_sample else []
         if sample_problems:
             raise ConfigError(sample_problems)
         config.data.tokenizer = tokenizer.spec()

@@ -84,17 +84,28 @@ def choose_run_dir(config: PipelineConfig, out: str | None = None, *, resume: bo
     return chosen, f"{base} exists; writing this run to {chosen}"
 
 
+def checkpoint_config(ckpt: Checkpoint, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
+    """The checkpoint's resolved config, validated (:func:`load_resolved`); its problems are
+    reported as those of the config stored in the checkpoint."""
+    try:
+        return load_resolved(ckpt.config, overrides)
+    except ConfigError as exc:
+        raise ConfigError(exc.problems, source=f"the config stored in {ckpt.path}") from None
+
+
 def load_run(source: str | Path, *, load_data: bool = False, device: str | None = None,
              overrides: list[str] | tuple[str, ...] = ()) -> tuple[Pipeline, Checkpoint]:
     """Rebuild a pipeline from a run directory or a checkpoint file, with the checkpoint's
-    weights (EMA if present) in ``pipeline.model``."""
+    weights (EMA if present) in ``pipeline.model``. Tensors that do not fit the network the
+    checkpoint's config builds are a :class:`~ddkit.contrib.checkpoint.CheckpointError`."""
     ckpt = load_checkpoint(source)
-    config = load_resolved(ckpt.config, overrides)
-    pipeline = Pipeline.build(config, load_data=load_data, device=device)
-    pipeline.model.load_state_dict(ckpt.weights(prefer_ema=True))
+    config = checkpoint_config(ckpt, overrides)
+    pipeline = Pipeline.build(config, load_data=load_data, device=device, check_sample=False)
+    ema = bool(ckpt.group("ema"))
+    ckpt.load_into(pipeline.model, ckpt.weights(prefer_ema=True), what="ema" if ema else "model")
     loss_state = ckpt.group("loss")
     if loss_state:
-        pipeline.loss.load_state_dict(loss_state)
+        ckpt.load_into(pipeline.loss, loss_state, what="loss")
     pipeline.model.eval()
     return pipeline, ckpt
 
