@@ -34,12 +34,12 @@ from typing import Annotated
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
+from pydantic import Field
 from torch import Tensor
 
 import ddkit
 
-from .dit import DiT, apply_rotary, check_heads
+from .dit import DiT, apply_rotary, transformer_params
 
 
 def block_causal_mask(length: int, block_length: int, device: torch.device | str | None = None) -> Tensor:
@@ -163,16 +163,7 @@ class BlockDiT(DiT):
         return h
 
 
-class BlockDiTParams(ddkit.params_model(BlockDiT)):
-    # the signature's parameters, and the head split checked before the network is built
-
-    @model_validator(mode="after")
-    def _heads_divide_width(self) -> BlockDiTParams:
-        check_heads(self.width, self.heads)
-        return self
-
-
 @ddkit.hookimpl
 def register_models(register):
-    register("block_dit", BlockDiT, params=BlockDiTParams,
+    register("block_dit", BlockDiT, params=transformer_params(BlockDiT),
              summary="block-causal transformer for block diffusion (BD3-LM); block_length 1 is autoregressive")

@@ -106,6 +106,10 @@ class Block(nn.Module):
 class DiT(nn.Module):
     """Bidirectional transformer denoiser; see the module docstring for the equations."""
 
+    #: every block is called through its own ``forward``, so FSDP may shard each block on its own
+    #: (:func:`ddkit.contrib.distributed.shard_units`)
+    fsdp_blocks = True
+
     def __init__(self,
                  vocab_size: Annotated[int, Field(ge=1, description="clean vocabulary V (filled in from the data)")],
                  width: Annotated[int, Field(ge=2, description="model dimension")] = 256,
@@ -184,13 +188,20 @@ def check_heads(width: int, heads: int) -> None:
                          f"(width % heads == 0 and width/heads even)")
 
 
-class DiTParams(ddkit.params_model(DiT)):
-    # the signature's parameters, and the head split checked before the network is built
+def transformer_params(factory: type[DiT]) -> type:
+    """The params model of a DiT-like network: its signature's parameters, and the head split
+    checked before the network is built."""
 
-    @model_validator(mode="after")
-    def _heads_divide_width(self) -> DiTParams:
-        check_heads(self.width, self.heads)
-        return self
+    def heads_divide_width(params):
+        check_heads(params.width, params.heads)
+        return params
+
+    return type(f"{factory.__name__}Params", (ddkit.params_model(factory),),
+                {"__module__": factory.__module__,
+                 "_heads_divide_width": model_validator(mode="after")(heads_divide_width)})
+
+
+DiTParams = transformer_params(DiT)
 
 
 @ddkit.hookimpl
