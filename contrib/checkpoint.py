@@ -28,14 +28,16 @@ import glob
 import hashlib
 import json
 import os
+import re
 import secrets
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
@@ -135,6 +137,15 @@ def temporaries(path: Path) -> list[Path]:
     return sorted(path.parent.glob(f".{glob.escape(path.name)}.*{TEMPORARY_SUFFIX}"))
 
 
+def _os_error(exc: Exception, path: Path) -> OSError:
+    """The :class:`OSError` behind a safetensors error (its errno read from the message), naming ``path``."""
+    found = re.search(r"os error (\d+)", str(exc))
+    if found is None:
+        return OSError(f"{path}: {exc}")
+    code = int(found.group(1))
+    return OSError(code, os.strerror(code), str(path))
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temporary file, fsync, :func:`os.replace`)."""
     path = Path(path)
@@ -145,6 +156,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:  # a failed write() names no file: name the one being written
+        if exc.filename is None:
+            exc.filename = str(path)
+        raise
     finally:
         tmp.unlink(missing_ok=True)
     _fsync_dir(path.parent)
@@ -154,9 +169,10 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Split an optimizer state into tensors (for safetensors) and JSON (groups, scalars)."""
-    state = optimizer.state_dict()
+def optimizer_tensors(optimizer: torch.optim.Optimizer | Mapping[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Split an optimizer state (an optimizer, or its ``state_dict()``) into tensors (for
+    safetensors) and JSON (groups, scalars)."""
+    state = optimizer if isinstance(optimizer, Mapping) else optimizer.state_dict()
     tensors, scalars = {}, {}
     for index, values in state["state"].items():
         for key, value in values.items():
@@ -194,16 +210,19 @@ def _optimizer_state(tensors: dict[str, Tensor], meta: dict[str, Any]) -> dict[s
     return {"state": state, "param_groups": groups}
 
 
-def save_checkpoint(path: Path, *, step: int, config: dict[str, Any], model: torch.nn.Module,
-                    ema: torch.nn.Module | None = None, loss: torch.nn.Module | None = None,
-                    optimizer: torch.optim.Optimizer | None = None,
+def save_checkpoint(path: Path, *, step: int, config: dict[str, Any], model: torch.nn.Module | Mapping[str, Tensor],
+                    ema: torch.nn.Module | Mapping[str, Tensor] | None = None,
+                    loss: torch.nn.Module | Mapping[str, Tensor] | None = None,
+                    optimizer: torch.optim.Optimizer | Mapping[str, Any] | None = None,
                     rng: dict[str, Tensor] | None = None, extra: dict[str, Any] | None = None) -> Path:
-    """Write a checkpoint atomically; returns its path."""
+    """Write a checkpoint atomically; returns its path. ``model``, ``ema`` and ``loss`` are
+    modules or their state dicts (e.g. gathered from shards), ``optimizer`` an optimizer or
+    its state dict."""
     path = Path(path)
     tensors: dict[str, Tensor] = {}
     for prefix, module in (("model", model), ("ema", ema), ("loss", loss)):
         if module is not None:
-            for key, value in module.state_dict().items():
+            for key, value in (module if isinstance(module, Mapping) else module.state_dict()).items():
                 tensors[f"{prefix}.{key}"] = value.detach().cpu().contiguous().clone()
     meta: dict[str, Any] = {"format": FORMAT, "step": step, "config": config, **(extra or {})}
     if optimizer is not None:
@@ -215,7 +234,10 @@ def save_checkpoint(path: Path, *, step: int, config: dict[str, Any], model: tor
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_path(path)
     try:
-        save_file(tensors, str(tmp), metadata={"ddkit": json.dumps(meta)})
+        try:
+            save_file(tensors, str(tmp), metadata={"ddkit": json.dumps(meta)})
+        except SafetensorError as exc:  # safetensors reports a failed write (a full disk, ...) as its own error
+            raise _os_error(exc, path) from exc
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

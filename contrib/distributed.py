@@ -186,11 +186,18 @@ class TrainStep(nn.Module):
         return self.loss(self.denoiser, x0, generator=generator).loss
 
 
+#: methods of a network that losses and samplers call besides ``forward``; FSDP gathers the
+#: parameters for them too
+FORWARD_METHODS = ("two_stream",)
+
+
 def shard_units(model: nn.Module) -> list[nn.Module]:
-    """The modules FSDP shards one by one: the entries of the model's ``blocks`` list (the
-    transformer blocks of ``dit``, ``block_dit``, ...); the rest is sharded with the root."""
+    """The modules FSDP shards one by one: the entries of the model's ``blocks`` list when the
+    model declares ``fsdp_blocks = True`` (it calls each block through the block's own
+    ``forward``, where FSDP gathers its parameters). Everything else is sharded as one unit
+    with the root: correct for any network, with less memory saved during the forward."""
     blocks = getattr(model, "blocks", None)
-    return list(blocks) if isinstance(blocks, nn.ModuleList) else []
+    return list(blocks) if getattr(model, "fsdp_blocks", False) and isinstance(blocks, nn.ModuleList) else []
 
 
 class Parallel:
@@ -207,14 +214,17 @@ class Parallel:
                 find_unused_parameters=cfg.find_unused_parameters)
         elif self.strategy == "fsdp":
             from torch.distributed.device_mesh import init_device_mesh
-            from torch.distributed.fsdp import fully_shard
+            from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
             mesh = init_device_mesh(device.type, (world.size,))
             for module in ([ema] if ema is not None else []) + [step.model]:
                 for unit in shard_units(module):
                     fully_shard(unit, mesh=mesh)
-            if ema is not None:
+            if ema is not None:  # validation calls the EMA network directly
                 fully_shard(ema, mesh=mesh)
+                for name in FORWARD_METHODS:
+                    if hasattr(ema, name):
+                        register_fsdp_forward_method(ema, name)
             fully_shard(step, mesh=mesh)
             self.call = step
         else:
@@ -238,14 +248,16 @@ class Parallel:
             with nullcontext():
                 yield
 
-    def full_state(self, module: nn.Module) -> dict[str, Tensor]:
-        """``module``'s whole state dict on rank 0 (CPU tensors); collective under FSDP (every
-        process calls it), an empty dict on the other ranks there."""
+    def full_state(self, module: nn.Module, *, everywhere: bool = False) -> dict[str, Tensor]:
+        """``module``'s whole state dict; collective under FSDP (every process calls it), where
+        it is gathered onto rank 0's CPU (the other ranks get an empty dict) or, with
+        ``everywhere``, onto every process's device."""
         if not self.sharded:
             return module.state_dict()
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        options = StateDictOptions(full_state_dict=True, cpu_offload=not everywhere)
+        return get_model_state_dict(module, options=options)
 
     def load_full_state(self, module: nn.Module, state: Mapping[str, Tensor]) -> None:
         """Load a whole state dict (every process holds it) into ``module``, sharded or not."""

@@ -10,6 +10,8 @@ import signal
 import pytest
 import torch
 import yaml
+
+import ddkit
 from pipeline_helpers import ROOT, invoke
 
 from ddkit.config import ConfigError
@@ -158,19 +160,17 @@ def test_gradient_accumulation_averages_micro_batches(tmp_path):
         return original()
 
     trainer.optimizer.step = capture
-    data_state, loss_state = trainer.data_generator.get_state(), trainer.loss_generator.get_state()
     trainer.fit(stop_at=1)
-    # recompute the two micro-batches separately with the same random streams
+    # recompute the two micro-batches separately with the same keyed randomness: the windows,
+    # the noise, and the two halves of one stratified draw of times
     fresh = build("model.dropout=0.0", "train.precision=fp32")  # no bf16 autocast on CUDA either
-    data_g = torch.Generator().manual_seed(0)
-    data_g.set_state(data_state)
-    loss_g = torch.Generator(device=fresh.device)
-    loss_g.set_state(loss_state)
+    keys = Trainer(fresh, tmp_path / "reference")
     per_batch = []
-    for _ in range(2):
+    for index in range(2):
         fresh.model.zero_grad()
-        x0 = fresh.data["train"].windows(4, 8, data_g).to(fresh.device)
-        fresh.loss(fresh.model, x0, generator=loss_g).loss.backward()
+        x0, noise, offsets = keys.micro_batch(1, index)
+        with ddkit.global_batch_slice(index, 2, offsets):
+            fresh.loss(fresh.model, x0, generator=noise).loss.backward()
         per_batch.append([p.grad.clone() for p in fresh.model.parameters()])
     tolerance = 1e-6 if fresh.device.type == "cpu" else 1e-3  # GPU attention kernels reorder sums
     for got, a, b in zip(grads[0], *per_batch):
