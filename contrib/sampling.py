@@ -4,7 +4,7 @@
   blank character marking generated positions) into the sampler's prompt tensor, where
   ``-1`` means "generate" and any other id is kept fixed;
 * :func:`render_trajectory` prints one sample at several steps, masks drawn as ``█``, the
-  way the lecture's slides show a sequence filling in;
+  way a sequence is usually shown filling in;
 * :func:`draw_samples` gets the sampling kernels ready before it starts the clock
   (:func:`ddkit.kernels.prepare`): compiling them, once after an install, is reported as
   ``compile_seconds``, not as sampling time.

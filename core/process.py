@@ -2,7 +2,7 @@ r"""The process protocol: a forward noising CTMC, factorised over positions.
 
 Every position evolves independently on ``S`` states. The clean vocabulary is ``0..V-1``;
 an absorbing process adds the mask with id ``V`` (``S = V + 1``). Matrices follow the
-row convention of the lecture:
+row convention:
 
 * transition :math:`\bar Q(s, t)_{ij} = q(x_t = j \mid x_s = i)`, :math:`s \le t`;
   marginal :math:`\bar Q(t) = \bar Q(0, t)`; Chapman–Kolmogorov

@@ -1,6 +1,6 @@
 r"""The schedule protocol: :math:`\alpha_t`, the probability that a token is still clean.
 
-Conventions (DESIGN §1): time :math:`t \in [0, 1]`, :math:`t = 0` is data and :math:`t = 1`
+Conventions: time :math:`t \in [0, 1]`, :math:`t = 0` is data and :math:`t = 1`
 is noise; :math:`\alpha_t` decreases from :math:`\alpha_0 \approx 1` to
 :math:`\alpha_1 \approx 0`; :math:`\alpha'_t = d\alpha_t/dt \le 0`.
 

@@ -19,7 +19,7 @@ A third-party schedule, process or sampler is checked with one call::
 * :mod:`ddkit.testing.strategies` — hypothesis strategies (needs ``hypothesis``, the
   ``test`` extra; import it explicitly).
 
-See docs/testing.md ("Testing your plugin").
+The "Testing your plugin" page of the documentation walks through it.
 """
 
 from ._failures import CheckFailure

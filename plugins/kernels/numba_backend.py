@@ -46,7 +46,7 @@ import ddkit
 from ddkit import kernels as ops_module
 from ddkit.kernels import KernelBackend, TokenFilter
 
-#: operations for which ``backend="auto"`` prefers Numba on CPU tensors (docs/performance.md)
+#: operations for which ``backend="auto"`` prefers Numba on CPU tensors (the performance page of the documentation measures why)
 AUTO_OPS = frozenset({"categorical", "masked_step", "commit_topk", "mask_noise", "uniform_noise", "token_probability"})
 #: rows of half-precision logits converted to float32 at a time
 HALF_CHUNK_ELEMENTS = 1 << 20
@@ -54,7 +54,7 @@ HALF_CHUNK_ELEMENTS = 1 << 20
 CHUNKS_PER_THREAD = 4
 #: categorical work (selected rows x V) up to which one thread samples without waking others:
 #: a parallel launch on the workqueue layer costs about 0.5 ms on the 2-vCPU test machine,
-#: which two threads win back only from about 2^18 logits (docs/performance.md)
+#: which two threads win back only from about 2^18 logits (measured on the performance page of the documentation)
 SERIAL_WORK = 1 << 18
 
 _lock = threading.Lock()

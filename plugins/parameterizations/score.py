@@ -15,7 +15,7 @@ The mean parameterization is the special case in which the ratios come from a cl
 distribution (:meth:`ddkit.Process.score_from_mean`); for the masked process at
 :math:`x_t = m`, :math:`s(m, t)_j = \frac{\alpha_t}{1-\alpha_t}\mu(m, t)_j`. A free score
 need not satisfy :math:`\sum_j s(m, t)_j = \frac{\alpha_t}{1-\alpha_t}`, so forward and reverse
-processes may disagree (the lecture's argument for the mean parameterization); it has no
+processes may disagree (the argument for the mean parameterization); it has no
 mean prediction, so samplers that need one (``ancestral``, ``first_hitting``) refuse it:
 use ``euler`` or ``analytic``. The true ratios depend on ``t``: time conditioning is on by
 default.
