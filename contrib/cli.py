@@ -80,7 +80,11 @@ def _split_args(args: tuple[str, ...], *, need_file: bool) -> tuple[str | None, 
     return None, list(args)
 
 
-def _load_for_run(args: tuple[str, ...], out: str | None, resume: bool):
+def _load_for_run(args: tuple[str, ...], out: str | None, resume: bool, device: str | None):
+    """The config, the run directory, this process's place among the processes that
+    ``torchrun`` started (:mod:`ddkit.contrib.distributed`) and its device. Rank 0 chooses the
+    run directory for all."""
+    from .distributed import setup
     from .runner import checkpoint_config, choose_run_dir
 
     path, overrides = _split_args(args, need_file=not resume)
@@ -90,10 +94,20 @@ def _load_for_run(args: tuple[str, ...], out: str | None, resume: bool):
         config = checkpoint_config(load_checkpoint(Path(out)), overrides)
     else:
         config = load_pipeline(path, overrides)
-    run_dir, note = choose_run_dir(config, out, resume=resume)
-    if note:
+    world, device = setup(config.train, device)
+    choice = None
+    if world.is_main:
+        try:
+            choice = (*choose_run_dir(config, out, resume=resume), None)
+        except ConfigError as exc:
+            choice = (None, None, str(exc))
+    run_dir, note, problem = world.from_main(choice)
+    if problem is not None:
+        world.close()
+        raise ConfigError(problem)
+    if note and world.is_main:
         click.echo(note, err=True)
-    return config, run_dir
+    return config, run_dir, world, device
 
 
 _resume_option = click.option("--resume", is_flag=True,
@@ -131,9 +145,12 @@ def run(args, out, resume, device, no_progress):
     """Train, evaluate and sample: PIPELINE.yaml [key.path=value ...] -> a run directory."""
     from .runner import run_pipeline
 
-    config, run_dir = _load_for_run(args, out, resume)
-    run_pipeline(config, run_dir, resume=resume, device=device, progress=False if no_progress else None,
-                 log=click.echo)
+    config, run_dir, world, device = _load_for_run(args, out, resume, device)
+    try:
+        run_pipeline(config, run_dir, resume=resume, device=device, progress=False if no_progress else None,
+                     log=click.echo, world=world)
+    finally:
+        world.close()
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
@@ -147,12 +164,18 @@ def train(args, out, resume, device, no_progress):
     """Train only: PIPELINE.yaml [key.path=value ...] -> checkpoint, metrics and plot."""
     from .training import train_pipeline
 
-    config, run_dir = _load_for_run(args, out, resume)
-    pipeline = Pipeline.build(config, device=device)
-    click.echo(f"run directory: {run_dir}")
-    _, result = train_pipeline(pipeline, run_dir, resume=resume, progress=False if no_progress else None)
-    click.echo(f"trained {result.step} steps in {result.seconds:.1f} s ({result.tokens_per_second:,.0f} tokens/s); "
-               f"validation {result.validation['bits_per_token']:.4f} bits/token; checkpoint {result.checkpoint}")
+    config, run_dir, world, device = _load_for_run(args, out, resume, device)
+    try:
+        pipeline = Pipeline.build(config, device=device)
+        if world.is_main:
+            click.echo(f"run directory: {run_dir}")
+        _, result = train_pipeline(pipeline, run_dir, resume=resume, progress=False if no_progress else None,
+                                   world=world)
+    finally:
+        world.close()
+    if world.is_main:
+        click.echo(f"trained {result.step} steps in {result.seconds:.1f} s ({result.tokens_per_second:,.0f} tokens/s); "
+                   f"validation {result.validation['bits_per_token']:.4f} bits/token; checkpoint {result.checkpoint}")
 
 
 def _source(run_dir: str | None, ckpt: str | None) -> Path:

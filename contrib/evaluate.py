@@ -13,7 +13,9 @@ is an unbiased estimate of the sequence's NELBO per token, an upper bound on
 Each batch holds ``G`` sequences, each repeated ``K`` times as ``[x_1..x_G, x_1..x_G, ...]``;
 with antithetic time sampling the loss spaces the batch's times :math:`1/(GK)` apart, so the
 ``K`` draws of one sequence are stratified over :math:`[t_{min}, 1]`. Draws within a batch
-share one random offset, so batches (not sequences) are the independent units: the standard
+share one random offset, so batches (not sequences) are the independent units (each batch
+draws from its own generator, seeded from ``seed`` and the batch's number, so processes can
+share the batches out and still give the value of one process): the standard
 error is the cluster (ratio-estimator) one,
 
 .. math::  \mathrm{SE}^2 = \frac{B}{B-1}\,\frac{\sum_b (S_b - n_b \bar L)^2}{(\sum_b n_b)^2},
@@ -35,6 +37,8 @@ import torch
 from torch import Tensor
 
 import ddkit
+
+from .distributed import EVALUATION, World, seed_for
 
 
 @dataclass
@@ -78,26 +82,32 @@ class ELBOEstimate:
 
 @torch.no_grad()
 def estimate_elbo(denoiser: ddkit.Denoiser, loss: ddkit.Loss, sequences: Tensor, *, time_samples: int = 8,
-                  batch_size: int = 64, generator: torch.Generator | None = None,
-                  device: torch.device | str | None = None) -> ELBOEstimate:
+                  batch_size: int = 64, seed: int = 0, device: torch.device | str | None = None,
+                  world: World | None = None) -> ELBOEstimate:
     """NELBO per token of ``sequences`` (``[M, N]``) with ``time_samples`` draws per
-    sequence; ``batch_size`` rows (sequence copies) per denoiser call. A non-finite estimate
-    raises :class:`ddkit.NumericalError`."""
+    sequence; ``batch_size`` rows (sequence copies) per denoiser call; batch ``b`` draws from
+    a generator seeded by ``(seed, b)``. With a ``world`` of several processes each takes every
+    ``K``-th batch (every process calls this with the same arguments and gets the same
+    estimate). A non-finite estimate raises :class:`ddkit.NumericalError`."""
     if sequences.dim() != 2 or sequences.shape[0] == 0:
         raise ValueError(f"need a non-empty [M, N] tensor of sequences, got shape {tuple(sequences.shape)}")
     if time_samples < 1:
         raise ValueError(f"time_samples must be >= 1, got {time_samples}")
     M, N = sequences.shape
+    world = world if world is not None else World()
     group = max(1, batch_size // time_samples)
-    per_sequence, batch_sums, batch_sizes = [], [], []
-    for start in range(0, M, group):
-        x = sequences[start:start + group].to(device)
+    starts = range(0, M, group)
+    mine = {}
+    for index in range(world.rank, len(starts), world.size):
+        x = sequences[starts[index]:starts[index] + group].to(device)
         G = x.shape[0]
+        generator = torch.Generator(device=x.device).manual_seed(seed_for(seed, EVALUATION, index))
         out = loss(denoiser, x.repeat(time_samples, 1), generator=generator)
-        estimates = out.nats.double().sum(-1).view(time_samples, G).mean(0) / N  # [G]
-        per_sequence.append(estimates.cpu())
-        batch_sums.append(float(estimates.sum()))
-        batch_sizes.append(G)
+        mine[index] = (out.nats.double().sum(-1).view(time_samples, G).mean(0) / N).cpu()  # [G]
+    batches = {index: values for part in world.gather(mine) for index, values in part.items()}
+    per_sequence = [batches[index] for index in range(len(starts))]
+    batch_sums = [float(values.sum()) for values in per_sequence]
+    batch_sizes = [values.numel() for values in per_sequence]
     values = torch.cat(per_sequence)
     bad = int((~torch.isfinite(values)).sum())
     if bad:

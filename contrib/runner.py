@@ -23,13 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 import ddkit
 from ddkit.config import ConfigError, apply_overrides, parse_override, to_yaml
 from ddkit.registry import split_spec
 
 from .checkpoint import CHECKPOINT_NAME, Checkpoint, atomic_write_text, load_checkpoint, temporaries
+from .distributed import World
 from .evaluate import estimate_elbo
 from .pipeline import AutocastDenoiser, Pipeline
 from .pipeline_config import PipelineConfig, load_resolved
@@ -131,8 +130,9 @@ def make_sampler(pipeline: Pipeline, name: str | None = None, params: list[str] 
 def evaluate_pipeline(pipeline: Pipeline, *, split: str | None = None, time_samples: int | None = None,
                       time_sampling: str | None = None, discrete_steps: int | None = None,
                       max_sequences: int | None = None, batch_size: int | None = None,
-                      seed: int | None = None) -> dict[str, Any]:
-    """The ELBO bound of ``pipeline.model`` on a split (defaults from the ``eval`` section)."""
+                      seed: int | None = None, world: World | None = None) -> dict[str, Any]:
+    """The ELBO bound of ``pipeline.model`` on a split (defaults from the ``eval`` section);
+    the processes of ``world`` share the batches out (each holds the whole model)."""
     cfg = pipeline.config.eval
     split = split or cfg.split
     time_samples = time_samples or cfg.time_samples
@@ -156,15 +156,14 @@ def evaluate_pipeline(pipeline: Pipeline, *, split: str | None = None, time_samp
     device = pipeline.device
     start = time.perf_counter()
     out: dict[str, Any] = {"split": split, "time_sampling": time_sampling}
-    generator = torch.Generator(device=device).manual_seed(seed + 4)
     estimate = estimate_elbo(denoiser, pipeline.eval_loss(time_sampling=time_sampling), chunks,
-                             time_samples=time_samples, batch_size=batch_size, generator=generator, device=device)
+                             time_samples=time_samples, batch_size=batch_size, seed=seed + 4, device=device,
+                             world=world)
     out["continuous"] = estimate.to_json()
     if discrete_steps is not None:
-        generator = torch.Generator(device=device).manual_seed(seed + 5)
         discrete = estimate_elbo(denoiser, pipeline.eval_loss(time_sampling=time_sampling, discrete_steps=discrete_steps),
-                                 chunks, time_samples=time_samples, batch_size=batch_size, generator=generator,
-                                 device=device)
+                                 chunks, time_samples=time_samples, batch_size=batch_size, seed=seed + 5,
+                                 device=device, world=world)
         out["discrete"] = {"steps": discrete_steps, **discrete.to_json()}
     model.train(was_training)
     info = pipeline.data.info if pipeline.data is not None else {}
@@ -341,25 +340,32 @@ class RunResult:
 
 
 def run_pipeline(config: PipelineConfig, run_dir: Path, *, resume: bool = False, progress: bool | None = None,
-                 device: str | None = None, log=print) -> RunResult:
-    """Train, evaluate with the EMA weights, sample, and write the run directory."""
+                 device: str | None = None, log=print, world: World | None = None) -> RunResult | None:
+    """Train, evaluate with the EMA weights, sample, and write the run directory. Every
+    process of ``world`` trains and evaluates; rank 0 alone samples, writes the reports and
+    returns the result (the others return ``None``)."""
+    world = world if world is not None else World()
+    log = log if world.is_main else (lambda *args, **kwargs: None)
     timings: dict[str, float] = {}
     start = time.perf_counter()
     pipeline = Pipeline.build(config, device=device)
     timings["setup"] = time.perf_counter() - start
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in (tmp for name in REPORT_FILES for tmp in temporaries(run_dir / name)):  # left by a kill
-        stale.unlink(missing_ok=True)
-    log(f"run directory: {run_dir}")
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in (tmp for name in REPORT_FILES for tmp in temporaries(run_dir / name)):  # left by a kill
+            stale.unlink(missing_ok=True)
+    log(f"run directory: {run_dir}" + (f" ({world.size} processes, {world.backend})" if world.distributed else ""))
     start = time.perf_counter()
-    trainer, train = train_pipeline(pipeline, run_dir, resume=resume, progress=progress)
+    trainer, train = train_pipeline(pipeline, run_dir, resume=resume, progress=progress, world=world)
     timings["train"] = time.perf_counter() - start
     log(f"trained {train.step} steps in {train.seconds:.1f} s ({train.tokens_per_second:,.0f} tokens/s); "
         f"validation {train.validation['bits_per_token']:.4f} bits/token")
-    pipeline.model = trainer.eval_model
+    pipeline.model = trainer.inference_model()
     start = time.perf_counter()
-    evaluation = evaluate_pipeline(pipeline)
+    evaluation = evaluate_pipeline(pipeline, world=world)
+    if not world.is_main:
+        return None
     evaluation["checkpoint_step"] = train.step
     write_json(run_dir / "eval.json", evaluation)
     timings["eval"] = time.perf_counter() - start
