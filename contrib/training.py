@@ -275,10 +275,13 @@ class Trainer:
                 f"step, this run takes {self.micro_batches} (grad_accum {self.cfg.grad_accum} x {self.world.size} "
                 f"process(es)) of {self.cfg.batch_size}: training continues with a different global batch; keep "
                 f"batch_size and grad_accum x processes to continue exactly"), ResumeChangesBatchWarning)
+        ckpt.check_fits(self.model, ckpt.group("model"), what="model")  # one line, not torch's report
+        ckpt.check_fits(self.pipeline.loss, ckpt.group("loss"), what="loss")
         state = {f"model.{k}": v for k, v in ckpt.group("model").items()}
         state.update({f"loss.{k}": v for k, v in ckpt.group("loss").items()})
         self.parallel.load_full_state(self.train_step, state)
         if self.ema is not None:
+            ckpt.check_fits(self.ema.module, ckpt.group("ema") or ckpt.group("model"), what="ema")
             self.parallel.load_full_state(self.ema.module, ckpt.group("ema") or ckpt.group("model"))
             self.ema.updates = int(ckpt.meta.get("ema_updates", ckpt.step))
         if "optimizer" in ckpt.meta:
