@@ -248,6 +248,12 @@ class Parallel:
             with nullcontext():
                 yield
 
+    def reshard(self, module: nn.Module) -> None:
+        """Free the gathered parameters of a sharded root that ran forward only (FSDP2 keeps a
+        root's parameters gathered after its forward), so its parameters are shards again."""
+        if self.sharded:
+            module.reshard()
+
     def full_state(self, module: nn.Module, *, everywhere: bool = False) -> dict[str, Tensor]:
         """``module``'s whole state dict; collective under FSDP (every process calls it), where
         it is gathered onto rank 0's CPU (the other ranks get an empty dict) or, with

@@ -321,6 +321,7 @@ class Trainer:
                 total += out.nats.double().sum()
         with self.pipeline.autocast():  # every process: the loss's state stays the same everywhere
             adapted = self.pipeline.loss.after_validation(model, batches, seed=seed + 4)
+        self.parallel.reshard(model)  # the EMA update works on the shards
         model.train(was_training)
         nats = float(world.sum(total)) / chunks.numel()
         return {"loss": nats, "bits_per_token": nats / math.log(2), **adapted}
