@@ -206,7 +206,7 @@ class ContinuousTimeLoss(Loss):
 
     def metrics(self) -> dict[str, float]:
         """The schedule's :meth:`ddkit.Schedule.metrics`, prefixed ``schedule_``."""
-        metrics = getattr(self.process.schedule, "metrics", None)
+        metrics = getattr(getattr(self.process, "schedule", None), "metrics", None)
         return {f"schedule_{key}": value for key, value in metrics().items()} if callable(metrics) else {}
 
     def forward(self, denoiser: Denoiser, x0: Tensor,
