@@ -24,8 +24,8 @@ from ddkit.registry import reset_registry
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").rglob("*.md") if "assets" not in p.parts)]
-FENCE = re.compile(r"^(?P<indent> {0,3})```(?P<lang>[\w+-]*)[^\n]*\n(?P<code>.*?)^(?P=indent)```[ \t]*$",
-                   re.M | re.S)
+FENCE = re.compile(r"^(?P<indent> {0,3})(?P<ticks>`{3,})(?P<lang>[\w+-]*)[^\n]*\n(?P<code>.*?)"
+                   r"^(?P=indent)(?P=ticks)[ \t]*$", re.M | re.S)
 MARKER = re.compile(r"<!--\s*not-tested:(?P<reason>.*?)-->\s*$")
 OTHER_PYTHON_NAMES = {"py", "python3", "pycon", "ipython"}
 
