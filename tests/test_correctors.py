@@ -14,7 +14,7 @@ import torch
 
 import ddkit
 from ddkit.plugins.correctors.dfm import euler_step_probs
-from ddkit.plugins.correctors.forward_backward import corrector_rates, exponential_step_probs
+from ddkit.plugins.correctors.forward_backward import corrector_rates, exponential_step_probs, masked_rates
 from ddkit.testing import MarkovChain, OracleDenoiser
 from ddkit.testing.leave_one_out import LeaveOneOutOracle
 from ddkit.testing.oracles import all_sequences, sequence_ids
@@ -148,6 +148,33 @@ def test_forward_backward_corrector_keeps_exact_samples_of_q_s(make_process, h):
     assert float((state.x != x).any(-1).double().mean()) > 0.3  # it really moved
     assert drift < 0.01
     assert total_variation(law_of(state.x, process.num_states), q) <= tv_bound(q, n) + drift
+
+
+def test_masked_closed_form_has_the_generic_jump_probabilities_and_no_dense_generator(monkeypatch):
+    """For the masked process the corrector steps without the [B, N, S] rate rows: its
+    per-sequence rates give the generic step's jump probabilities at masks and clean tokens,
+    and no dense generator is built (it would be S x S per time, too large for big vocabularies)."""
+    model, process = chain(), masked("cosine")
+    Z, _ = noisy_law(model, process, S_TIME)
+    state = state_at(Z, S_TIME, OracleDenoiser(model, process), process)
+    h = torch.full((len(Z),), 0.3, dtype=torch.float64)
+    generic = exponential_step_probs(Z, corrector_rates(state), h)
+    jump = 1 - generic.gather(-1, Z[..., None]).squeeze(-1)
+    unmask, remask = masked_rates(state)
+    is_mask = Z == V
+    assert torch.allclose(jump[is_mask], (-torch.expm1(-h * unmask))[:, None].expand_as(Z)[is_mask], rtol=1e-6)
+    assert torch.allclose(jump[~is_mask], (-torch.expm1(-h * remask))[:, None].expand_as(Z)[~is_mask], rtol=1e-12)
+    other = uniform()
+    assert masked_rates(state_at(all_sequences(V, N), S_TIME, OracleDenoiser(model, other), other)) is None
+
+    def dense(*args):
+        raise AssertionError("the masked closed form must not build the dense generator")
+
+    monkeypatch.setattr(type(process), "rate_matrix", dense)
+    for name in ("forward_backward", "dfm"):
+        state = state_at(Z, S_TIME, OracleDenoiser(model, process), process, generator=torch.Generator().manual_seed(0))
+        ddkit.build("corrector", name, step_size=0.1).correct(state)
+        assert state.nfe >= 1
 
 
 def test_forward_backward_scales_the_predictor_step_and_honours_entry_time():

@@ -43,7 +43,10 @@ the reference's :math:`a_t/t + b_t/(1-t)` bound.) At most ``max_substeps`` sub-s
 taken; the last one takes all the time left, with a position whose jump probability reaches
 one jumping surely, to :math:`y \propto` its rates.
 
-Where :math:`c_s = 0` (``scale: 0``, or :math:`s \in \{0, 1\}`) the corrector does nothing:
+For a masked process with the mean parameterization the sub-steps are taken in closed form
+(masks unmask w.p. :math:`\delta c_s \lambda_s` to a draw from :math:`\mu_\theta`, clean
+tokens are masked w.p. :math:`\delta c_s \beta_s`; see
+:func:`ddkit.plugins.correctors.forward_backward.masked_rates`). Where :math:`c_s = 0` (``scale: 0``, or :math:`s \in \{0, 1\}`) the corrector does nothing:
 no denoiser call, no random draw, so a sampler with it gives exactly its predictor's samples.
 Fixed (prompt) positions never change. YAML::
 
@@ -62,7 +65,8 @@ from torch import Tensor
 import ddkit
 from ddkit.categorical import sample_categorical
 
-from .forward_backward import StepMultiplier, StepSize, corrector_rates, jump_targets, predictor_step
+from .forward_backward import (StepMultiplier, StepSize, corrector_rates, jump_targets, masked_corrector_step,
+                               masked_rates, predictor_step)
 
 
 def euler_step_probs(x: Tensor, rates: Tensor, delta: Tensor) -> Tensor:
@@ -116,16 +120,27 @@ class DFMCorrector(ddkit.Corrector):
             left = torch.full_like(c, self.step_size)
         else:
             left = self.step_multiplier * predictor_step(state, "dfm")
+        masked = masked_rates(state)
         for taken in range(self.max_substeps):
-            rates = c[:, None, None] * corrector_rates(state)
-            total = rates.sum(-1)
-            largest = float(total.amax()) if total.numel() else 0.0
+            if masked is None:
+                rates = c[:, None, None] * corrector_rates(state)
+                largest = float(rates.sum(-1).amax()) if rates.numel() else 0.0
+            else:  # closed form: every free mask moves at c * lambda, every free clean token at c * beta
+                unmask, remask = (c * rate for rate in masked)
+                free = ~state.fixed
+                has_mask = ((state.x == state.process.mask_id) & free).any(-1)
+                has_clean = ((state.x != state.process.mask_id) & free).any(-1)
+                largest = float(torch.maximum(torch.where(has_mask, unmask, 0.0),
+                                              torch.where(has_clean, remask, 0.0)).amax())
             if largest == 0.0:
                 return  # nothing can move any more at this time
             last = taken == self.max_substeps - 1 or not math.isfinite(largest)
             substeps = 1 if last else math.ceil(float(left.max()) * largest)
             delta = left / max(substeps, 1)
-            state.x = euler_step(state, rates, delta)
+            if masked is None:
+                state.x = euler_step(state, rates, delta)
+            else:
+                state.x = masked_corrector_step(state, (delta * unmask).clamp(max=1.0), (delta * remask).clamp(max=1.0))
             if substeps <= 1:
                 return
             left = left - delta

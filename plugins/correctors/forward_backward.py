@@ -35,7 +35,12 @@ Parameters (defaults: τLDR's step multiplier; one step, at every time):
   CIFAR-10, with 10 steps and multiplier 1.5);
 * ``every`` (1): after every this many predictor steps.
 
-Fixed (prompt) positions never change. YAML::
+For a masked process (``absorbing``, one :math:`\alpha` per sequence) with the mean
+parameterization the step is taken in closed form, without the ``[B, N, S]`` rate rows: a
+mask unmasks w.p. :math:`1 - e^{-h\lambda_s}`, :math:`\lambda_s = -\alpha'_s/(1-\alpha_s)`,
+to a token drawn from :math:`\mu_\theta` (the fused masked step of the kernel backends), and a
+clean token is masked w.p. :math:`1 - e^{-h\beta_s}` — the same probabilities
+(:func:`masked_rates`). Fixed (prompt) positions never change. YAML::
 
     sampler: {name: ancestral, steps: 64, corrector: {name: forward_backward, step_multiplier: 1.5}}
 """
@@ -49,9 +54,13 @@ from pydantic import Field
 from torch import Tensor
 
 import ddkit
+from ddkit import steps
 from ddkit.categorical import sample_categorical
+from ddkit.kernels import TokenFilter
 
 _TINY = torch.finfo(torch.float64).tiny
+#: the model's own distribution: no temperature, top-k or top-p
+UNFILTERED = TokenFilter()
 
 StepMultiplier = Annotated[float, Field(gt=0.0, allow_inf_nan=False,
                                         description="corrector time h as a multiple of the predictor's step t - s")]
@@ -111,6 +120,36 @@ def exponential_step(state: ddkit.SamplerState, rates: Tensor, h: Tensor) -> Ten
     return torch.where(state.fixed, x, new)
 
 
+def masked_rates(state: ddkit.SamplerState) -> tuple[Tensor, Tensor] | None:
+    r"""For a masked process with one :math:`\alpha` per sequence and the mean
+    parameterization, the corrector's total rates per sequence (``[B]`` float64 each): at a
+    mask :math:`\lambda_s = -\alpha'_s/(1-\alpha_s)` (the reverse rates sum to it, targets
+    :math:`\propto \mu_\theta`), at a clean token :math:`\beta_s = -\alpha'_s/\alpha_s` (the
+    forward rate to the mask; no reverse rate leaves a clean token). ``None`` for any other
+    process or parameterization (then :func:`corrector_rates` gives the rows)."""
+    process, t = state.process, state.t
+    if "absorbing" not in process.capabilities or state.calls.parameterization.predicts != "mean":
+        return None
+    alpha = process.schedule.alpha(t).to(torch.float64)
+    if alpha.shape != t.shape:  # one alpha per token value (e.g. GenMD4): no closed form here
+        return None
+    rate = -process.schedule.alpha_prime(t).to(torch.float64)
+    return rate / (1.0 - alpha).clamp_min(_TINY), rate / alpha.clamp_min(_TINY)
+
+
+def masked_corrector_step(state: ddkit.SamplerState, p_unmask: Tensor, p_remask: Tensor) -> Tensor:
+    """One corrector step of a masked process from the jump probabilities per sequence
+    (``[B]``): free masks unmask w.p. ``p_unmask`` to a token drawn from the model's mean (one
+    call, the fused masked step), free clean tokens are masked w.p. ``p_remask`` (one uniform
+    per position). Returns the new tokens."""
+    x, mask_id = state.x, state.process.mask_id
+    clean = (x != mask_id) & ~state.fixed
+    logits = state.calls.mean_logits(x, state.t)
+    new = steps.masked_step(state, logits, p_unmask, tokens=UNFILTERED)
+    u = torch.rand(x.shape, generator=state.generator, dtype=torch.float64, device=x.device)
+    return new.masked_fill(clean & (u < p_remask[:, None]), mask_id)
+
+
 def predictor_step(state: ddkit.SamplerState, corrector: str) -> Tensor:
     """The step ``t - s`` the predictor just took, ``[B]`` float64, from the grid a grid
     sampler keeps in ``state.scratch['grid']``."""
@@ -148,8 +187,13 @@ class ForwardBackwardCorrector(ddkit.Corrector):
         if not bool(active.any()):
             return
         h = torch.where(active, self.step_length(state), 0.0)
+        masked = masked_rates(state)
         for _ in range(self.num_steps):
-            state.x = exponential_step(state, corrector_rates(state), h)
+            if masked is None:
+                state.x = exponential_step(state, corrector_rates(state), h)
+            else:
+                unmask, remask = masked
+                state.x = masked_corrector_step(state, -torch.expm1(-h * unmask), -torch.expm1(-h * remask))
 
 
 @ddkit.hookimpl
