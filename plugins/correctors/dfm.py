@@ -48,7 +48,8 @@ For a masked process with the mean parameterization the sub-steps are taken in c
 tokens are masked w.p. :math:`\delta c_s \beta_s`; see
 :func:`ddkit.plugins.correctors.forward_backward.masked_rates`). Where :math:`c_s = 0` (``scale: 0``, or :math:`s \in \{0, 1\}`) the corrector does nothing:
 no denoiser call, no random draw, so a sampler with it gives exactly its predictor's samples.
-Fixed (prompt) positions never change. YAML::
+Fixed (prompt) positions never change; ``backend`` picks the kernel backend of the masked
+closed form (identical samples on all). YAML::
 
     sampler: {name: ancestral, steps: 64, corrector: {name: dfm, scale: 10}}
 """
@@ -64,6 +65,7 @@ from torch import Tensor
 
 import ddkit
 from ddkit.categorical import sample_categorical
+from ddkit.sampler import Backend
 
 from .forward_backward import (StepMultiplier, StepSize, corrector_rates, jump_targets, masked_corrector_step,
                                masked_rates, predictor_step)
@@ -95,8 +97,9 @@ class DFMCorrector(ddkit.Corrector):
                                                   description="c_t = scale (t (1 - t))^exponent")] = 0.25,
                  step_multiplier: StepMultiplier = 1.0, step_size: StepSize = None,
                  max_substeps: Annotated[int, Field(ge=1, description="most sub-steps (NFE) per correction")] = 64,
-                 **common):
+                 backend: Backend = "auto", **common):
         super().__init__(**common)
+        self.backend = backend
         self.scale, self.exponent = float(scale), float(exponent)
         self.step_multiplier = float(step_multiplier)
         self.step_size = None if step_size is None else float(step_size)
@@ -140,7 +143,8 @@ class DFMCorrector(ddkit.Corrector):
             if masked is None:
                 state.x = euler_step(state, rates, delta)
             else:
-                state.x = masked_corrector_step(state, (delta * unmask).clamp(max=1.0), (delta * remask).clamp(max=1.0))
+                state.x = masked_corrector_step(state, (delta * unmask).clamp(max=1.0), (delta * remask).clamp(max=1.0),
+                                                backend=self.backend)
             if substeps <= 1:
                 return
             left = left - delta

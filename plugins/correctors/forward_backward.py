@@ -33,7 +33,8 @@ Parameters (defaults: τLDR's step multiplier; one step, at every time):
 * ``num_steps`` (1): corrector steps after each predictor step, one denoiser call each;
 * ``entry_time`` (1.0): correct only at :math:`s \le` ``entry_time`` (τLDR used 0.1 for
   CIFAR-10, with 10 steps and multiplier 1.5);
-* ``every`` (1): after every this many predictor steps.
+* ``every`` (1): after every this many predictor steps;
+* ``backend`` (``auto``): kernel backend of the masked closed form (identical samples on all).
 
 For a masked process (``absorbing``, one :math:`\alpha` per sequence) with the mean
 parameterization the step is taken in closed form, without the ``[B, N, S]`` rate rows: a
@@ -57,6 +58,7 @@ import ddkit
 from ddkit import steps
 from ddkit.categorical import sample_categorical
 from ddkit.kernels import TokenFilter
+from ddkit.sampler import Backend
 
 _TINY = torch.finfo(torch.float64).tiny
 #: the model's own distribution: no temperature, top-k or top-p
@@ -137,15 +139,16 @@ def masked_rates(state: ddkit.SamplerState) -> tuple[Tensor, Tensor] | None:
     return rate / (1.0 - alpha).clamp_min(_TINY), rate / alpha.clamp_min(_TINY)
 
 
-def masked_corrector_step(state: ddkit.SamplerState, p_unmask: Tensor, p_remask: Tensor) -> Tensor:
+def masked_corrector_step(state: ddkit.SamplerState, p_unmask: Tensor, p_remask: Tensor, *,
+                          backend: str = "auto") -> Tensor:
     """One corrector step of a masked process from the jump probabilities per sequence
     (``[B]``): free masks unmask w.p. ``p_unmask`` to a token drawn from the model's mean (one
-    call, the fused masked step), free clean tokens are masked w.p. ``p_remask`` (one uniform
-    per position). Returns the new tokens."""
+    call, the fused masked step with the kernel ``backend``), free clean tokens are masked
+    w.p. ``p_remask`` (one uniform per position). Returns the new tokens."""
     x, mask_id = state.x, state.process.mask_id
     clean = (x != mask_id) & ~state.fixed
     logits = state.calls.mean_logits(x, state.t)
-    new = steps.masked_step(state, logits, p_unmask, tokens=UNFILTERED)
+    new = steps.masked_step(state, logits, p_unmask, tokens=UNFILTERED, backend=backend)
     u = torch.rand(x.shape, generator=state.generator, dtype=torch.float64, device=x.device)
     return new.masked_fill(clean & (u < p_remask[:, None]), mask_id)
 
@@ -165,8 +168,9 @@ class ForwardBackwardCorrector(ddkit.Corrector):
     def __init__(self, step_multiplier: StepMultiplier = 1.5, step_size: StepSize = None,
                  num_steps: Annotated[int, Field(ge=1, description="corrector steps per predictor step")] = 1,
                  entry_time: Annotated[float, Field(ge=0.0, le=1.0, description="correct only at s <= this")] = 1.0,
-                 **common):
+                 backend: Backend = "auto", **common):
         super().__init__(**common)
+        self.backend = backend
         self.step_multiplier = float(step_multiplier)
         self.step_size = None if step_size is None else float(step_size)
         self.num_steps = int(num_steps)
@@ -193,7 +197,8 @@ class ForwardBackwardCorrector(ddkit.Corrector):
                 state.x = exponential_step(state, corrector_rates(state), h)
             else:
                 unmask, remask = masked
-                state.x = masked_corrector_step(state, -torch.expm1(-h * unmask), -torch.expm1(-h * remask))
+                state.x = masked_corrector_step(state, -torch.expm1(-h * unmask), -torch.expm1(-h * remask),
+                                                backend=self.backend)
 
 
 @ddkit.hookimpl

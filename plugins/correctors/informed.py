@@ -15,6 +15,11 @@ leave-one-out conditional :math:`p_\theta(\cdot \mid x_s^{-d})` in one call. The
 3. replaces all of them at once by draws :math:`y^d \sim p_\theta(\cdot \mid x_s^{-d})`
    (float64; the draw may equal the current token).
 
+Scores and draws are float64 without a float64 copy of the ``[B, N, V]`` logits: the scores
+of the candidates in row chunks, the top-k choice through :func:`ddkit.kernels.commit_topk`,
+and the targets of the chosen positions only, by the kernel backends' categorical draw (one
+uniform per position for the Gumbel noise when :math:`\tau > 0`, one for the target).
+
 Masked positions stay masked and the number of clean tokens is unchanged. Each correction is
 one denoiser call (NFE), so a predictor with the corrector after every step costs two calls
 per step; compare at equal NFE (half the steps). With the exact leave-one-out conditionals,
@@ -26,7 +31,7 @@ they move the least likely tokens first.
 Defaults are the reference implementation's (``k = 1``, :math:`\tau = 1`); its experiments
 sweep :math:`k \in \{1, 2, 4, 8, 16\}` and :math:`\tau \in \{0.1, 1, 2, 10, 1000\}`. The
 corrector needs an absorbing process, the mean parameterization and a denoiser that declares
-``hollow = True``. YAML::
+``hollow = True``; ``backend`` picks the kernel backend (identical samples on all). YAML::
 
     model: {name: hollow}
     sampler: {name: ancestral, steps: 32, corrector: {name: informed, k: 4, temperature: 1.0}}
@@ -39,9 +44,12 @@ from typing import Annotated
 
 import torch
 from pydantic import Field
+from torch import Tensor
 
 import ddkit
 from ddkit import kernels
+from ddkit.categorical import rows_per_chunk
+from ddkit.sampler import Backend
 
 
 def check_hollow(state: ddkit.SamplerState) -> None:
@@ -59,14 +67,29 @@ def check_hollow(state: ddkit.SamplerState) -> None:
                          f"parameterization; this one predicts {predicts!r}")
 
 
+def token_log_probs(logits: Tensor, tokens: Tensor) -> Tensor:
+    """``log softmax(logits)[..., tokens]`` in float64 (``logits [..., V]``, ``tokens [...]``),
+    computed in chunks of rows so that no float64 copy of all the logits is made."""
+    V = logits.shape[-1]
+    rows, index = logits.reshape(-1, V), tokens.reshape(-1)
+    out = torch.empty(index.shape, dtype=torch.float64, device=logits.device)
+    step = rows_per_chunk(rows.shape[0], V, logits.device)
+    for start in range(0, rows.shape[0], step):
+        chunk = rows[start:start + step].to(torch.float64)
+        picked = chunk.gather(-1, index[start:start + step, None]).squeeze(-1)
+        out[start:start + step] = picked - torch.logsumexp(chunk, dim=-1)
+    return out.view(tokens.shape)
+
+
 class InformedCorrector(ddkit.Corrector):
     requires = frozenset({"absorbing"})
 
     def __init__(self, k: Annotated[int, Field(ge=1, description="positions resampled per correction")] = 1,
                  temperature: Annotated[float, Field(ge=0.0, description="Gumbel temperature of the choice: "
                                                      "0 greedy, inf uniform")] = 1.0,
-                 **common):
+                 backend: Backend = "auto", **common):
         super().__init__(**common)
+        self.backend = backend
         if math.isnan(temperature):
             raise ValueError("temperature must be a number >= 0 (inf: uniform choice), got nan")
         self.k = int(k)
@@ -82,8 +105,8 @@ class InformedCorrector(ddkit.Corrector):
         if not bool(candidates.any()):
             return
         logits = state.calls.mean_logits(x, state.t)  # hollow: p(. | x^-d) at every position
-        log_p = torch.log_softmax(logits.to(torch.float64), dim=-1)
-        current = log_p.gather(-1, x.clamp_max(process.vocab_size - 1)[..., None]).squeeze(-1)
+        current = torch.zeros(x.shape, dtype=torch.float64, device=x.device)  # read at candidates only
+        current[candidates] = token_log_probs(logits[candidates], x[candidates])
         # priority = -score: the k highest priorities are the k lowest scores
         if self.temperature == 0.0:
             priority = -current
@@ -92,10 +115,11 @@ class InformedCorrector(ddkit.Corrector):
             u = u.clamp_min(torch.finfo(torch.float64).tiny)  # a finite Gumbel draw even at u = 0
             gumbel = -torch.log(-torch.log(u))
             priority = gumbel if math.isinf(self.temperature) else self.temperature * gumbel - current
-        chosen = kernels.commit_topk(priority, candidates, self.k)
+        chosen = kernels.commit_topk(priority, candidates, self.k, backend=self.backend)
         u_token = torch.rand(x.shape, generator=state.generator, dtype=torch.float64, device=x.device)
-        targets = kernels.categorical(log_p, u_token)
-        state.x = torch.where(chosen, targets, x)
+        new = x.clone()
+        new[chosen] = kernels.categorical(logits[chosen], u_token[chosen], backend=self.backend)  # float64, per row
+        state.x = new
 
 
 @ddkit.hookimpl
