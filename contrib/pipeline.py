@@ -16,9 +16,10 @@ parameterization's; a sampler whose ``requires`` the process lacks; a sampler th
 receive the pipeline's parameterization while that is not the plain default (the mean
 without time conditioning), e.g. a time-conditioned model that would receive ``t = 0``;
 a device this machine lacks; an evaluation split the data set lacks; a prompt or infill
-template with characters outside the vocabulary; a network too large for the memory. The
-network's size is found by building it on PyTorch's ``meta`` device (shapes without
-storage) before it is built for real, so a network that does not fit is never allocated.
+template with characters outside the vocabulary; a network, or a batch's logits, too large
+for the memory. The network's size is found by building it on PyTorch's ``meta`` device
+(shapes without storage) before it is built for real, so a network that does not fit is
+never allocated.
 
 :meth:`Pipeline.resolved_config` is the fully resolved config (defaults filled in, ``V``
 written into ``process`` and ``model``, the tokenizer's alphabet written into
@@ -28,7 +29,6 @@ written into ``process`` and ``model``, the tokenizer's alphabet written into
 from __future__ import annotations
 
 import copy
-import os
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -37,9 +37,11 @@ import torch
 
 import ddkit
 from ddkit.config import ConfigError, format_parameter_error
+from ddkit.config.errors import show_value
 from ddkit.registry import split_spec
 
 from .data import DataSplits, Dataset
+from .memory import format_bytes, memory_bytes
 from .pipeline_config import (DEVICE_PATTERN, PIPELINE_PROVIDED, PROVIDED_FROM, SETTABLE, PipelineConfig,
                               check_components, default_spec, load_pipeline, provided_values, set_components)
 from .sampling import build_prompt
@@ -81,61 +83,85 @@ def resolve_device(name: str, *, where: str = "train.device") -> torch.device:
     return torch.device(name)
 
 
-def memory_bytes(device: torch.device) -> tuple[int, str] | None:
-    """``(bytes, what they are)`` of the memory a new network can take on ``device``: a CUDA
-    device's free memory; on the CPU the available RAM when ``psutil`` is installed, else the
-    physical RAM (``os.sysconf``); ``None`` where unknown."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0], "free"
-    if device.type != "cpu":
-        return None
-    try:
-        import psutil
-    except ImportError:
-        try:
-            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "in all"
-        except (AttributeError, ValueError, OSError):
-            return None
-    return psutil.virtual_memory().available, "available"
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _size(count: float) -> str:
-    for unit in ("bytes", "KB", "MB", "GB", "TB"):
-        if count < 1000 or unit == "TB":
-            return f"{count:,.0f} {unit}" if unit == "bytes" else f"{count:,.1f} {unit}"
-        count /= 1000
-    raise AssertionError("unreachable")
+def _out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation that failed (Python's, or PyTorch's on any device)."""
+    return isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in str(exc)
 
 
-def count_model_parameters(spec: Any, values: dict[str, Any]) -> int | None:
-    """The parameter count of the network ``spec`` builds, from a build on the ``meta`` device
-    (shapes, no storage: nothing is allocated). Sizes beyond what PyTorch can represent are a
+@dataclass
+class ModelSize:
+    """What a network holds: trainable parameters, and the bytes of its buffers (tables such
+    as RoPE's, kept once)."""
+
+    parameters: int
+    buffer_bytes: int
+
+    @property
+    def training_bytes(self) -> int:
+        """About what training takes besides activations (:data:`TRAINING_BYTES_PER_PARAMETER`)."""
+        return self.parameters * TRAINING_BYTES_PER_PARAMETER + self.buffer_bytes
+
+    def __str__(self) -> str:
+        buffers = f" and {format_bytes(self.buffer_bytes)} of buffers" if self.buffer_bytes >= 10**6 else ""
+        return f"{self.parameters:,} parameters{buffers}"
+
+
+def model_size(spec: Any, values: dict[str, Any]) -> ModelSize | None:
+    """The size of the network ``spec`` builds, from a build on the ``meta`` device (shapes,
+    no storage: nothing is allocated). Sizes beyond what PyTorch can represent are a
     :class:`ConfigError`; a network that cannot be built on the meta device gives ``None``."""
     try:
         with torch.device("meta"):
             model = build_component("model", spec, values, where="model")
     except (RuntimeError, TypeError, OverflowError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = _first_line(exc)
         if isinstance(exc, OverflowError) or "overflow" in reason.lower():
             raise ConfigError(f"model: its sizes are too large to build a network ({reason}); "
                               f"lower model.width, model.depth or the like") from None
         return None
-    return sum(p.numel() for p in model.parameters())
+    return ModelSize(sum(p.numel() for p in model.parameters()),
+                     sum(b.numel() * b.element_size() for b in model.buffers()))
 
 
-def memory_problems(parameters: int, device: torch.device) -> list[str]:
-    """A network of ``parameters`` that would not fit for training (:data:`TRAINING_BYTES_PER_PARAMETER`)
-    on ``device``, or whose weights would not fit the RAM it is built in."""
-    needs = [(device, parameters * TRAINING_BYTES_PER_PARAMETER, "to train in float32 (weights, gradients, "
-              "AdamW's two moments and the EMA)")]
+def memory_problems(size: ModelSize, device: torch.device) -> list[str]:
+    """A network that would not fit for training on ``device`` (:attr:`ModelSize.training_bytes`),
+    or whose weights would not fit the RAM it is built in."""
+    needs = [(device, size.training_bytes, "to train in float32 (weights, gradients, AdamW's two moments "
+              "and the EMA)")]
     if device.type != "cpu":
-        needs.append((torch.device("cpu"), parameters * 4, "to build its float32 weights in RAM"))
+        needs.append((torch.device("cpu"), size.parameters * 4 + size.buffer_bytes, "to build it in RAM"))
     problems = []
     for where, need, purpose in needs:
         memory = memory_bytes(where)
         if memory is not None and need > memory[0]:
-            problems.append(f"model: {parameters:,} parameters need about {_size(need)} {purpose}, but {where} "
-                            f"has {_size(memory[0])} {memory[1]}; lower model.width or model.depth")
+            problems.append(f"model: {size} need about {format_bytes(need)} {purpose}, but {where} "
+                            f"has {format_bytes(memory[0])} {memory[1]}; lower model.width or model.depth")
+    return problems
+
+
+def batch_problems(config: PipelineConfig, vocab_size: int, device: torch.device) -> list[str]:
+    """Batches whose float32 logits alone (rows x tokens x ``V`` x 4 bytes, the output of any
+    denoiser) would not fit the memory of ``device``."""
+    memory = memory_bytes(device)
+    if memory is None:
+        return []
+    sample = config.sample
+    length = len(sample.infill) if sample.infill is not None else sample.length or config.data.seq_len
+    batches = [("train.batch_size", config.train.batch_size, config.data.seq_len),
+               ("eval.batch_size", max(config.eval.batch_size, config.eval.time_samples), config.data.seq_len),
+               ("sample.num_samples", sample.num_samples, length)]
+    problems = []
+    for where, rows, tokens in batches:
+        need = rows * tokens * vocab_size * 4
+        if need > memory[0]:
+            problems.append(f"{where}: {rows:,} rows of {tokens:,} tokens need at least {format_bytes(need)} for "
+                            f"their float32 logits over {vocab_size} tokens alone, but {device} has "
+                            f"{format_bytes(memory[0])} {memory[1]}")
     return problems
 
 
@@ -161,6 +187,9 @@ def build_component(kind: str, spec: Any, values: dict[str, Any], *, where: str)
         raise
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+    except OverflowError as exc:  # a number that Python or PyTorch cannot compute with
+        raise ConfigError(f"{where}: a parameter is too large to compute with ({exc}; got "
+                          f"{show_value(given, 120)})") from None
 
 
 @dataclass
@@ -203,6 +232,10 @@ class Pipeline:
                 data = dataset.load(tokenizer, seq_len)
             except (OSError, ValueError) as exc:
                 raise ConfigError(f"data: {exc}") from None
+            except (MemoryError, RuntimeError) as exc:
+                if not _out_of_memory(exc):
+                    raise
+                raise ConfigError(f"data: the data set does not fit the memory ({_first_line(exc)})") from None
             tokenizer = data.tokenizer
             problems = []
             for split in ("train", "validation"):
@@ -250,13 +283,17 @@ class Pipeline:
         process = values["process"] = build_component("process", config.process, values, where="process")
         parameterization = values["parameterization"] = build_component(
             "parameterization", config.parameterization, values, where="parameterization")
-        parameters = count_model_parameters(config.model, values)  # before any memory is taken
-        if parameters is not None:
-            problems = memory_problems(parameters, device_)
-            if problems:
-                raise ConfigError(problems)
+        size = model_size(config.model, values)  # before any memory is taken
+        problems = (memory_problems(size, device_) if size is not None else []) + batch_problems(config, V, device_)
+        if problems:
+            raise ConfigError(problems)
         torch.manual_seed(config.seed)  # the network's initialisation follows the pipeline's seed
-        model = build_component("model", config.model, values, where="model")
+        try:
+            model = build_component("model", config.model, values, where="model")
+        except (MemoryError, RuntimeError) as exc:  # less memory than the estimate said
+            if not _out_of_memory(exc):
+                raise
+            raise ConfigError(f"model: the network does not fit the memory ({_first_line(exc)})") from None
         for section in ("process", "model"):  # the resolved config records V
             name, params = split_spec(getattr(config, section))
             record = ddkit.get_registry().get(section, name)

@@ -219,6 +219,8 @@ def known_vocab_size(raw: Mapping[str, Any]) -> int | None:
     """The vocabulary size when the tokenizer needs no corpus: ``data.tokenizer`` with its
     alphabet (or a preset, or bytes), or the data set's own tokenizer; else ``None``."""
     tokenizer_spec, dataset_spec = get_path(raw, ("data", "tokenizer")), get_path(raw, ("data", "dataset"))
+    if not all(spec is None or isinstance(spec, (str, Mapping)) for spec in (tokenizer_spec, dataset_spec)):
+        return None  # not shaped like a component: the schema reports it
     try:
         if tokenizer_spec is not None:
             tokenizer = ddkit.build("tokenizer", tokenizer_spec)
@@ -226,7 +228,7 @@ def known_vocab_size(raw: Mapping[str, Any]) -> int | None:
             tokenizer = ddkit.build("dataset", dataset_spec).default_tokenizer()
         else:
             return None
-    except (ddkit.DDKitError, ValueError, TypeError, OSError, NotImplementedError):
+    except (ddkit.DDKitError, ValueError, TypeError, OSError, OverflowError, NotImplementedError):
         return None  # a broken data section is reported by its own check
     return None if tokenizer.needs_fit else tokenizer.vocab_size
 
@@ -315,7 +317,8 @@ def load_pipeline(source: str | Path | Mapping[str, Any], overrides: Sequence[st
     except ValidationError as exc:
         problems += format_validation_error(exc, model=PipelineConfig)
     component_problems, checked, vocabulary = check_components(raw, vocab_size=known_vocab_size(raw))
-    problems += component_problems
+    # a section not shaped like a component is reported by the schema as well, with its value
+    problems += [line for line in component_problems if not any(seen.startswith(line) for seen in problems)]
     if problems or cfg is None:
         raise ConfigError(problems, source=where)
     return set_components(cfg, checked, vocabulary)

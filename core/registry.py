@@ -75,6 +75,8 @@ PRODUCTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "parameterization": ("a ddkit.Parameterization", ("log_mean",)),
     "loss": ("a ddkit.Loss", ("__call__",)),
     "sampler": ("a ddkit.Sampler", ("sample",)),
+    "corrector": ("a ddkit.Corrector", ("correct",)),
+    "unmasking_rule": ("a ddkit.UnmaskingRule", ("start", "step")),
     "model": ("a denoiser (a torch.nn.Module or any callable)", ("__call__",)),
     "dataset": ("a ddkit.contrib.data.Dataset", ("load",)),
     "tokenizer": ("a ddkit.contrib.tokenizers.Tokenizer", ("encode", "decode")),
@@ -585,6 +587,9 @@ def _component_validator(kind: str) -> Callable[[Any], Any]:
             except UnknownComponentError as exc:
                 raise ParameterError(str(exc), kind=kind, name=name) from exc
             return {"name": name, **model.model_dump(exclude_unset=True)}
+        if value is None or _missing_product(kind, value):  # a number or a list is no built component
+            expected, _ = PRODUCTS.get(kind, (f"a built {kind}", ()))
+            raise ValueError(f"a {kind} is a name, a mapping {{name: <{kind}>, ...parameters}} or {expected}")
         return value
 
     return check
@@ -592,7 +597,8 @@ def _component_validator(kind: str) -> Callable[[Any], Any]:
 
 def Component(kind: str) -> Any:  # noqa: N802 - used as a type annotation
     """A parameter that is itself a component of ``kind``: a name, ``{name: ..., **params}``
-    (validated against that component's own model) or an already built object."""
+    (validated against that component's own model) or an already built object (one with the
+    methods of its kind, :data:`PRODUCTS`). An optional one is ``Component(kind) | None``."""
     schema = {
         "anyOf": [
             {"type": "string", "description": f"name of a {kind}"},

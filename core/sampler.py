@@ -402,7 +402,7 @@ class GridSampler(TokenSampler):
     soon as no free masked position remains (nothing can change any more)."""
 
     def __init__(self, steps: Steps = 128, grid: Grid = "uniform", cache: bool = True,
-                 final_argmax: bool = False, corrector: CorrectorSpec = None, **token_params: Any):
+                 final_argmax: bool = False, corrector: CorrectorSpec | None = None, **token_params: Any):
         super().__init__(**token_params)
         self.steps, self.grid = int(steps), grid
         self.cache = self.cache_outputs = bool(cache)

@@ -198,6 +198,13 @@ def corpus(env: Env) -> Path:
     return path
 
 
+def pipeline_file(env: Env, extra: str) -> Path:
+    """The Markov pipeline with ``extra`` YAML (a section it does not have) appended."""
+    path = env.tmp / "pipeline.yaml"
+    path.write_text(Path(MARKOV).read_text() + "\n" + extra + "\n")
+    return path
+
+
 def infill_template(env: Env) -> list[str]:
     return ["sample", "--run", str(env.trained), "--infill", "ab__", "--blank", "ab",
             "--out", str(env.tmp / "samples.txt")]
@@ -256,7 +263,30 @@ ROWS = [
     Row("out-option-is-a-file", lambda env: ["run", MARKOV, "--out", str(corpus(env))], 2,
         [r"Invalid value for '--out': Directory '.*corpus\.txt' is a file"]),
     Row("model-too-large-for-memory", validate("model.width=1000000", "model.heads=1"), 2,
-        [r"model: [\d,]+ parameters need about [\d.,]+ TB to train in float32 .* but cpu has [\d.,]+ [KMGT]B"]),
+        [r"model: [\d,]+ parameters( and [\d.,]+ [KMGT]B of buffers)? need about [\d.,]+ TB to train in float32 "
+         r".* but cpu has [\d.,]+ [KMGT]B"]),
+    Row("model-buffers-too-large", validate("model.max_seq_len=1000000000000"), 2,
+        [r"model: [\d,]+ parameters and [\d.,]+ TB of buffers need about"]),
+    Row("model-depth-huge", validate("model.depth=1000000000000000000000000000000"), 2,
+        [r"model\.depth \(model 'dit'\): Input should be less than or equal to 1024"]),
+    Row("batch-logits-too-large", validate("train.batch_size=9223372036854775807"), 2,
+        [r"train\.batch_size: 9,223,372,036,854,775,807 rows of \d+ tokens need at least [\d.,]+ TB for their "
+         r"float32 logits over 8 tokens alone"]),
+    Row("data-too-large", validate("data.seq_len=9223372036854775807"), 2,
+        [r"data: [\d,]+ sequences of data\.seq_len=9,223,372,036,854,775,807 tokens need about [\d.,]+ TB"]),
+    Row("nested-component-junk", validate("sampler.corrector=[[1]]"), 2,
+        [r"sampler\.corrector \(sampler 'ancestral'\): a corrector is a name, a mapping .* or a ddkit\.Corrector "
+         r"\(got \[\[1\]\]\)"]),
+    Row("component-not-a-mapping", validate("data.tokenizer=2.5"), 2,
+        [r"^  - data\.tokenizer: a component is a plugin name or a mapping .* \(got 2\.5\)",
+         r"invalid configuration .*\(1 problem\)"]),
+    Row("interpolation-unparsable", lambda env: ["config", "validate", str(pipeline_file(env, "output: {dir: '${}'}"))],
+        2, [r"^  - output\.dir: cannot parse the value '\$\{\}': no viable alternative at input"]),
+    Row("override-unparsable", validate("sample.prompt=${}"), 2,
+        [r"^  - override 'sample\.prompt=\$\{\}': cannot parse the value: no viable alternative at input '\$\{\}'$"]),
+    Row("parameter-overflows-a-factory", lambda env: ["config", "validate", str(ROOT / "pipelines" / "ar.yaml"),
+                                                      f"loss.block_length={HUGE}"], 2,
+        [r"^  - loss: a parameter is too large to compute with \(int too big to convert; got \{'block_length'"]),
     # -- every failure a clear message
     Row("huge-width", validate("model.width=100000000000000000000"), 2,
         [r"model: its sizes are too large to build a network \(.*[Oo]verflow"]),

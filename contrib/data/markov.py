@@ -24,11 +24,14 @@ from pydantic import Field
 import ddkit
 from ddkit.testing.oracles import MarkovChain
 
+from ..memory import check_fits
 from ..tokenizers import CharTokenizer, Tokenizer
 from .base import DataSplits, Dataset, Split
 
 #: the largest seed: the splits are drawn with torch generators seeded ``seed * 1000 + 1 ... + 3``
 SEED_MAX = (2**63 - 1) // 1000 - 1
+#: memory a token takes while a chain is sampled (int64 steps, then their stack)
+GENERATION_BYTES_PER_TOKEN = 16
 SYMBOLS = string.ascii_lowercase + string.ascii_uppercase + string.digits
 
 
@@ -57,6 +60,8 @@ class MarkovDataset(Dataset):
         if tokenizer.vocab_size != V:
             raise ValueError(f"data.tokenizer has {tokenizer.vocab_size} symbols but the Markov chain "
                              f"has vocab_size {V}: they must match (or omit data.tokenizer)")
+        check_fits(GENERATION_BYTES_PER_TOKEN * sum(self.counts.values()) * seq_len,
+                   f"{sum(self.counts.values()):,} sequences of data.seq_len={seq_len:,} tokens")
         splits = {}
         for offset, (name, count) in enumerate(self.counts.items()):
             if count:

@@ -42,8 +42,10 @@ from torch import Tensor
 import ddkit
 from ddkit.testing.insertion_oracles import EndMarkovChain
 
+from ..memory import check_fits
 from ..tokenizers import CharTokenizer, Tokenizer, id_dtype
 from .base import DataSplits, Dataset, Split
+from .markov import GENERATION_BYTES_PER_TOKEN, SEED_MAX
 from .pydoc_topics import pydoc_corpus
 
 END = "."
@@ -68,7 +70,9 @@ def check_pad_last(tokenizer: Tokenizer, pad: str, dataset: str) -> int:
 
 def padded_split(rows: list[Tensor], seq_len: int, pad_id: int) -> Split:
     """Sequences of token ids padded with ``pad_id`` to ``seq_len``, as one ``[M, seq_len]`` split."""
-    out = torch.full((len(rows), seq_len), pad_id, dtype=id_dtype(pad_id + 1))
+    dtype = id_dtype(pad_id + 1)
+    check_fits(len(rows) * seq_len * dtype.itemsize, f"{len(rows):,} sequences padded to data.seq_len={seq_len:,}")
+    out = torch.full((len(rows), seq_len), pad_id, dtype=dtype)
     for i, row in enumerate(rows):
         out[i, : len(row)] = row
     return Split(out)
@@ -83,7 +87,8 @@ class MarkovEndDataset(Dataset):
     def __init__(self,
                  vocab_size: Annotated[int, Field(
                      ge=1, le=len(LETTERS), description="tokens of the chain, END excluded")] = 8,
-                 seed: Annotated[int, Field(ge=0, description="seed of the chain and of its samples")] = 0,
+                 seed: Annotated[int, Field(
+                     ge=0, le=SEED_MAX, description="seed of the chain and of its samples")] = 0,
                  concentration: Annotated[float, Field(gt=0, description="Dirichlet concentration of the rows")] = 0.5,
                  end_probability: Annotated[float, Field(
                      gt=0, le=2 / 3, description="mean probability of stopping after a token")] = 0.05,
@@ -108,6 +113,8 @@ class MarkovEndDataset(Dataset):
         if tokenizer.vocab_size != self.vocab_size + 1:
             raise ValueError(f"data.tokenizer has {tokenizer.vocab_size} symbols but markov_end needs "
                              f"vocab_size + 1 = {self.vocab_size + 1} (the tokens and END)")
+        check_fits(GENERATION_BYTES_PER_TOKEN * sum(self.counts.values()) * seq_len,
+                   f"{sum(self.counts.values()):,} sequences of data.seq_len={seq_len:,} tokens")
         chain = self.chain(seq_len)
         splits = {}
         for offset, (name, count) in enumerate(self.counts.items()):

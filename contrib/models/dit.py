@@ -103,6 +103,11 @@ class Block(nn.Module):
         return h + (gate2 * m if self.modulation is not None else m)
 
 
+#: the most blocks a network may have: far above any trained transformer's, low enough that a
+#: mistyped depth fails validation at once instead of building millions of blocks first
+MAX_DEPTH = 1024
+
+
 class DiT(nn.Module):
     """Bidirectional transformer denoiser; see the module docstring for the equations."""
 
@@ -113,7 +118,7 @@ class DiT(nn.Module):
     def __init__(self,
                  vocab_size: Annotated[int, Field(ge=1, description="clean vocabulary V (filled in from the data)")],
                  width: Annotated[int, Field(ge=2, description="model dimension")] = 256,
-                 depth: Annotated[int, Field(ge=1, description="number of transformer blocks")] = 4,
+                 depth: Annotated[int, Field(ge=1, le=MAX_DEPTH, description="number of transformer blocks")] = 4,
                  heads: Annotated[int, Field(ge=1, description="attention heads (width/heads must be even)")] = 4,
                  mlp_ratio: Annotated[float, Field(gt=0)] = 4.0,
                  dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0,

@@ -57,7 +57,7 @@ from torch import Tensor, nn
 
 import ddkit
 
-from .dit import apply_rotary, check_heads, rotary_tables, timestep_embedding
+from .dit import MAX_DEPTH, apply_rotary, check_heads, rotary_tables, timestep_embedding
 
 
 def _modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
@@ -143,7 +143,8 @@ class HollowTransformer(nn.Module):
     def __init__(self,
                  vocab_size: Annotated[int, Field(ge=1, description="clean vocabulary V (filled in from the data)")],
                  width: Annotated[int, Field(ge=2, description="width of the two streams (mixing: twice)")] = 128,
-                 depth: Annotated[int, Field(ge=1, description="number of (weight-shared) stream blocks")] = 4,
+                 depth: Annotated[int, Field(
+                     ge=1, le=MAX_DEPTH, description="number of (weight-shared) stream blocks")] = 4,
                  heads: Annotated[int, Field(ge=1, description="attention heads (width/heads must be even)")] = 4,
                  layers_per_mix: Annotated[int | None, Field(
                      ge=1, description="a mixing block after every this many stream blocks (default: depth, "

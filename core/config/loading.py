@@ -74,8 +74,9 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"override {text!r}: {key!r} is not a dotted key path like train.steps")
     try:
         value = OmegaConf.to_container(OmegaConf.from_dotlist([f"value={raw}"]), resolve=False)["value"]
-    except (OmegaConfBaseException, yaml.YAMLError) as exc:
-        raise ConfigError(f"override {text!r}: cannot parse the value: {exc}") from None
+    except (OmegaConfBaseException, yaml.YAMLError) as exc:  # the first line: the rest names OmegaConf's node
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"override {text!r}: cannot parse the value: {reason}") from None
     return key, value
 
 
@@ -129,8 +130,13 @@ def load_raw(source: str | Path | Mapping[str, Any], overrides: Sequence[str] = 
             cfg = OmegaConf.create(dict(source))
     except ConfigError:
         raise
-    except (yaml.YAMLError, OmegaConfBaseException) as exc:
-        raise ConfigError(f"cannot parse YAML: {exc}", source=where) from None
+    except OmegaConfBaseException as exc:  # its message spans lines: the reason, then the key and node type
+        key = getattr(exc, "full_key", None)
+        value = f" {exc.value!r}" if isinstance(getattr(exc, "value", None), str) else ""
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{key or '<root>'}: cannot parse the value{value}: {reason}", source=where) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"cannot parse YAML: {' '.join(str(exc).split())}", source=where) from None
     if not isinstance(cfg, DictConfig):
         raise ConfigError("a pipeline file must be a mapping of sections", source=where)
     # plain data from here on: OmegaConf resolves nothing (see the module docstring)
