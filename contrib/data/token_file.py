@@ -134,6 +134,9 @@ class TokenFile(Dataset):
         if tokenizer is not None and tokenizer.spec() != own.spec():
             raise ValueError(f"data.tokenizer {tokenizer.spec()['name']!r} is not the tokenizer the corpus "
                              f"{directory} was built with ({own.spec()['name']!r}); omit data.tokenizer")
+        if own.vocab_size != header["vocab_size"]:
+            raise ValueError(f"{directory}: the header's vocab_size {header['vocab_size']} is not the vocabulary of "
+                             f"its tokenizer ({own.vocab_size} symbols)")
         dtype = np.dtype(header["dtype"]).newbyteorder("<")
         splits = {name: TokenFileSplit(np.memmap(directory / entry["file"], dtype=dtype, mode="c",
                                                  shape=(entry["tokens"],)))
