@@ -567,3 +567,13 @@ def test_flexmdm_pipeline_runs_end_to_end(tmp_path):
         assert evaluation["continuous"]["bits_per_token"] > 0
         samples = json.loads((out / "samples.json").read_text())
         assert len(samples["samples"]) == 2 and samples["nfe"] == 8
+
+
+@pytest.mark.parametrize("module", ["ddkit.plugins.processes.insertion", "ddkit.contrib.models.flex_dit",
+                                    "ddkit.testing.insertion_oracles", "ddkit.contrib.lengths"])
+def test_docstring_examples_run(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module))
+    assert result.failed == 0 and result.attempted > 0

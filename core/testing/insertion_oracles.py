@@ -175,15 +175,16 @@ class InsertionOracle:
         B, N = x.shape
         if bool((m > K).any()):
             raise ValueError(f"x_t has {int(m.max())} tokens, more than the chain's max_length {K}: impossible")
-        J = N + 1
+        W = int(m.max()) if B else 0  # the lattice needs the tokens of the longest x_t only
+        x, J = x[:, :W], W + 2  # slots 0..W and one that is never reached
         rho = (1.0 - self.insertion.alpha(torch.as_tensor(t, dtype=F64).cpu())).expand(B)
-        inside = torch.arange(N) < m[:, None]
+        inside = torch.arange(W) < m[:, None]
         masked = x == self.mask_id
         if bool((inside & ~masked & (x >= V)).any()):
             raise ValueError(f"x_t must hold tokens 0..{V - 1} or the mask {self.mask_id} inside its length")
         one_hot = torch.nn.functional.one_hot(x.clamp(0, V - 1), V).to(F64)
         compat = torch.zeros(B, J, V, dtype=F64)  # token j of x_t can be v (0 beyond its length)
-        compat[:, :N] = torch.where(masked[..., None], 1.0, one_hot) * inside[..., None]
+        compat[:, :W] = torch.where(masked[..., None], 1.0, one_hot) * inside[..., None]
         token, end, pi = chain.transition[:, :V], chain.transition[:, V], chain.initial
         final = torch.nn.functional.one_hot(m, J).to(F64)[..., None]  # all of x_t consumed
         r = rho[:, None, None]
@@ -222,8 +223,9 @@ class InsertionOracle:
             after = backward[n]  # B_{n+1}
             gaps = gaps + rho[:, None] * (G * after).sum(-1)
             tokens = tokens + G * compat * up(after)
-        gaps = gaps / Z[:, None]
-        tokens = tokens[:, :N] / tokens[:, :N].sum(-1, keepdim=True).clamp_min(torch.finfo(F64).tiny)
+        gaps = torch.cat([gaps[:, :W + 1] / Z[:, None], torch.zeros(B, N - W, dtype=F64)], dim=1)
+        tokens = tokens[:, :W] / tokens[:, :W].sum(-1, keepdim=True).clamp_min(torch.finfo(F64).tiny)
         tokens = torch.where(inside[..., None], tokens, 1.0 / V)
+        tokens = torch.cat([tokens, torch.full((B, N - W, V), 1.0 / V, dtype=F64)], dim=1)
         length = m.to(F64) + gaps.sum(-1)
         return tokens, gaps, length
