@@ -21,6 +21,7 @@ import ddkit
 from ddkit.config import ConfigError
 
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint
+from .memory import out_of_memory
 from .pipeline import Pipeline, device_problem
 from .pipeline_config import SEED_MAX, known_vocab_size, load_pipeline, pipeline_json_schema
 from .training import TrainingInterrupted
@@ -41,9 +42,15 @@ def _file_system_error(exc: OSError) -> str:
     return f"file system: {what}{path}" + (f"; {hint}" if hint else "")
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _friendly(command):
     """Turn ddkit's own errors into a clean message and exit status 1 (2 for config errors,
-    3 for numerical failures such as NaN logits or a denoiser output of the wrong shape,
+    3 for numerical failures such as NaN logits or a denoiser output of the wrong shape, 2 as
+    well for a request that does not fit the memory or a number too large to compute with,
     4 when the file system refuses a read or write, e.g. a full disk or a read-only folder;
     128 + the signal number when training stopped on SIGTERM or SIGINT after a checkpoint)."""
     @functools.wraps(command)
@@ -65,6 +72,16 @@ def _friendly(command):
         except OSError as exc:
             click.echo(f"Error: {_file_system_error(exc)}", err=True)
             sys.exit(4)
+        except (MemoryError, RuntimeError) as exc:  # what no check before foresaw: an allocation that failed
+            if not out_of_memory(exc):
+                raise
+            click.echo(f"Error: out of memory ({_first_line(exc)}); ask for less: fewer samples or steps, shorter "
+                       f"sequences, smaller batches or a smaller model", err=True)
+            sys.exit(2)
+        except OverflowError as exc:
+            click.echo(f"Error: a number is too large to compute with ({exc}); check the counts and sizes given",
+                       err=True)
+            sys.exit(2)
         except KeyboardInterrupt:
             click.echo("\ninterrupted; the checkpoint holds the last completed step (continue with --resume)", err=True)
             sys.exit(130)

@@ -43,3 +43,8 @@ def check_fits(need: int, what: str, device: torch.device | str = "cpu") -> None
     if memory is not None and need > memory[0]:
         raise ValueError(f"{what} need about {format_bytes(need)}, but {torch.device(device)} has "
                          f"{format_bytes(memory[0])} {memory[1]}")
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation that failed (Python's, or PyTorch's on any device)."""
+    return isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in str(exc)

@@ -41,7 +41,7 @@ from ddkit.config.errors import show_value
 from ddkit.registry import split_spec
 
 from .data import DataSplits, Dataset
-from .memory import format_bytes, memory_bytes
+from .memory import format_bytes, memory_bytes, out_of_memory
 from .pipeline_config import (DEVICE_PATTERN, PIPELINE_PROVIDED, PROVIDED_FROM, SETTABLE, PipelineConfig,
                               check_components, default_spec, load_pipeline, provided_values, set_components)
 from .sampling import build_prompt
@@ -86,11 +86,6 @@ def resolve_device(name: str, *, where: str = "train.device") -> torch.device:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _out_of_memory(exc: BaseException) -> bool:
-    """Whether ``exc`` is an allocation that failed (Python's, or PyTorch's on any device)."""
-    return isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in str(exc)
 
 
 @dataclass
@@ -144,25 +139,39 @@ def memory_problems(size: ModelSize, device: torch.device) -> list[str]:
     return problems
 
 
-def batch_problems(config: PipelineConfig, vocab_size: int, device: torch.device) -> list[str]:
-    """Batches whose float32 logits alone (rows x tokens x ``V`` x 4 bytes, the output of any
-    denoiser) would not fit the memory of ``device``."""
+def logits_problem(where: str, rows: int, tokens: int, vocab_size: int, device: torch.device) -> str | None:
+    """A batch whose float32 logits alone (``rows x tokens x V x 4`` bytes: the output of any
+    denoiser) would not fit the memory of ``device``; ``None`` when they fit."""
     memory = memory_bytes(device)
-    if memory is None:
-        return []
+    need = rows * tokens * vocab_size * 4
+    if memory is None or need <= memory[0]:
+        return None
+    return (f"{where}: {rows:,} rows of {tokens:,} tokens need at least {format_bytes(need)} for their float32 "
+            f"logits over {vocab_size} tokens alone, but {device} has {format_bytes(memory[0])} {memory[1]}")
+
+
+def evaluation_rows(batch_size: int, time_samples: int, sequences: int | None) -> int:
+    """Rows of the largest denoiser call of an evaluation (:func:`~ddkit.contrib.evaluate.estimate_elbo`):
+    ``batch_size // time_samples`` sequences (at least one) ``time_samples`` times each, at
+    most the ``sequences`` evaluated."""
+    group = max(1, batch_size // time_samples)
+    return time_samples * (group if sequences is None else min(group, sequences))
+
+
+def batch_problems(config: PipelineConfig, vocab_size: int, device: torch.device,
+                   eval_sequences: int | None = None) -> list[str]:
+    """The pipeline's batches (training, evaluation of ``eval_sequences`` chunks when known,
+    samples) that fail :func:`logits_problem`."""
     sample = config.sample
     length = len(sample.infill) if sample.infill is not None else sample.length or config.data.seq_len
+    if config.eval.max_sequences is not None:
+        eval_sequences = min(eval_sequences or config.eval.max_sequences, config.eval.max_sequences)
+    eval_rows = evaluation_rows(config.eval.batch_size, config.eval.time_samples, eval_sequences)
     batches = [("train.batch_size", config.train.batch_size, config.data.seq_len),
-               ("eval.batch_size", max(config.eval.batch_size, config.eval.time_samples), config.data.seq_len),
+               ("eval.batch_size", eval_rows, config.data.seq_len),
                ("sample.num_samples", sample.num_samples, length)]
-    problems = []
-    for where, rows, tokens in batches:
-        need = rows * tokens * vocab_size * 4
-        if need > memory[0]:
-            problems.append(f"{where}: {rows:,} rows of {tokens:,} tokens need at least {format_bytes(need)} for "
-                            f"their float32 logits over {vocab_size} tokens alone, but {device} has "
-                            f"{format_bytes(memory[0])} {memory[1]}")
-    return problems
+    problems = [logits_problem(where, rows, tokens, vocab_size, device) for where, rows, tokens in batches]
+    return [problem for problem in problems if problem is not None]
 
 
 def build_component(kind: str, spec: Any, values: dict[str, Any], *, where: str) -> Any:
@@ -226,14 +235,14 @@ class Pipeline:
         dataset: Dataset = build_component("dataset", config.data.dataset, {}, where="data.dataset")
         tokenizer = (build_component("tokenizer", config.data.tokenizer, {}, where="data.tokenizer")
                      if config.data.tokenizer else None)
-        data = None
+        data, eval_sequences = None, None
         if load_data:
             try:
                 data = dataset.load(tokenizer, seq_len)
             except (OSError, ValueError) as exc:
                 raise ConfigError(f"data: {exc}") from None
             except (MemoryError, RuntimeError) as exc:
-                if not _out_of_memory(exc):
+                if not out_of_memory(exc):
                     raise
                 raise ConfigError(f"data: the data set does not fit the memory ({_first_line(exc)})") from None
             tokenizer = data.tokenizer
@@ -244,6 +253,8 @@ class Pipeline:
                 except (KeyError, ValueError) as exc:
                     problems.append(f"data.seq_len: {exc.args[0]}")
             split = config.eval.split
+            if split in data.splits:
+                eval_sequences = data[split].chunks(seq_len).shape[0]
             if split not in data.splits:
                 problems.append(f"eval.split: this data set has no {split!r} split; it has {', '.join(data.splits)}")
             elif split not in ("train", "validation"):
@@ -284,14 +295,14 @@ class Pipeline:
         parameterization = values["parameterization"] = build_component(
             "parameterization", config.parameterization, values, where="parameterization")
         size = model_size(config.model, values)  # before any memory is taken
-        problems = (memory_problems(size, device_) if size is not None else []) + batch_problems(config, V, device_)
+        problems = (memory_problems(size, device_) if size is not None else []) + batch_problems(config, V, device_, eval_sequences)
         if problems:
             raise ConfigError(problems)
         torch.manual_seed(config.seed)  # the network's initialisation follows the pipeline's seed
         try:
             model = build_component("model", config.model, values, where="model")
         except (MemoryError, RuntimeError) as exc:  # less memory than the estimate said
-            if not _out_of_memory(exc):
+            if not out_of_memory(exc):
                 raise
             raise ConfigError(f"model: the network does not fit the memory ({_first_line(exc)})") from None
         for section in ("process", "model"):  # the resolved config records V

@@ -30,7 +30,7 @@ from ddkit.registry import split_spec
 from .checkpoint import CHECKPOINT_NAME, Checkpoint, atomic_write_text, load_checkpoint, temporaries
 from .distributed import World
 from .evaluate import estimate_elbo
-from .pipeline import AutocastDenoiser, Pipeline
+from .pipeline import AutocastDenoiser, Pipeline, evaluation_rows, logits_problem
 from .pipeline_config import PipelineConfig, load_resolved
 from .sampling import Samples, draw_samples
 from .training import TrainResult, train_pipeline
@@ -149,6 +149,11 @@ def evaluate_pipeline(pipeline: Pipeline, *, split: str | None = None, time_samp
         chunks = chunks[:max_sequences]
     if chunks.shape[0] == 0:
         raise ConfigError(f"eval.split: the {split} split has no complete chunk of data.seq_len tokens")
+    problem = logits_problem("eval.batch_size (--batch-size, --time-samples)",
+                             evaluation_rows(batch_size, time_samples, chunks.shape[0]), chunks.shape[1],
+                             pipeline.vocab_size, pipeline.device)
+    if problem is not None:
+        raise ConfigError(problem)
     model = pipeline.model
     was_training = model.training
     model.eval()
@@ -222,6 +227,10 @@ def sample_pipeline(pipeline: Pipeline, *, sampler: ddkit.Sampler | None = None,
     want = len(infill) if infill is not None else length
     if max_len is not None and want > max_len:
         raise ConfigError(f"sample.length: {want} is above model.max_seq_len={max_len}")
+    problem = logits_problem("sample.num_samples (-n)", num_samples or cfg.num_samples, want, pipeline.vocab_size,
+                             pipeline.device)
+    if problem is not None:
+        raise ConfigError(problem)
     model = pipeline.model
     model.eval()
     try:
