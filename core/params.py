@@ -65,14 +65,17 @@ def _function_parameters(function: Callable[..., Any], bases: tuple[type, ...], 
 def params_model(factory: Callable[..., Any], *, name: str | None = None) -> type[BaseModel]:
     """The pydantic model of ``factory``'s keyword parameters (``extra="forbid"``): one field
     per parameter, with its annotation (``Annotated[..., Field(...)]`` constraints included)
-    and its default (required when it has none)."""
+    and its default (required when it has none). Floats must be finite unless their ``Field``
+    has ``allow_inf_nan=True``."""
     fields: dict[str, Any] = {}
     for parameter, annotation in _signature_parameters(factory):
         default = ... if parameter.default is inspect.Parameter.empty else parameter.default
         fields[parameter.name] = (annotation, default)
     model_name = name or f"{getattr(factory, '__name__', 'Component')}Params"
-    return create_model(model_name, __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True),
-                        **fields)
+    # a float parameter is finite unless its Field says allow_inf_nan=True (NaN and infinity
+    # written in a config are typos far more often than meant)
+    config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, allow_inf_nan=False)
+    return create_model(model_name, __config__=config, **fields)
 
 
 def signature_defaults(factory: Callable[..., Any]) -> dict[str, Any]:

@@ -85,7 +85,8 @@ class InformedCorrector(ddkit.Corrector):
     requires = frozenset({"absorbing"})
 
     def __init__(self, k: Annotated[int, Field(ge=1, description="positions resampled per correction")] = 1,
-                 temperature: Annotated[float, Field(ge=0.0, description="Gumbel temperature of the choice: "
+                 temperature: Annotated[float, Field(ge=0.0, allow_inf_nan=True,  # inf: uniform, a meant value
+                                                     description="Gumbel temperature of the choice: "
                                                      "0 greedy, inf uniform")] = 1.0,
                  backend: Backend = "auto", **common):
         super().__init__(**common)
