@@ -254,7 +254,7 @@ class Pipeline:
                     problems.append(f"data.seq_len: {exc.args[0]}")
             split = config.eval.split
             if split in data.splits:
-                eval_sequences = data[split].chunks(seq_len).shape[0]
+                eval_sequences = data[split].num_chunks(seq_len)
             if split not in data.splits:
                 problems.append(f"eval.split: this data set has no {split!r} split; it has {', '.join(data.splits)}")
             elif split not in ("train", "validation"):

@@ -197,8 +197,13 @@ class ContinuousTimeLoss(Loss):
         self.parameterization = build("parameterization", parameterization)
         self.time_sampling = time_sampling
         self.t_min = float(t_min)
-        if isinstance(process.schedule, nn.Module):
-            self.schedule = process.schedule  # learnable schedule parameters reach the optimiser
+        try:
+            schedule = process.schedule
+        except AttributeError as exc:  # e.g. the insertion process, which has its own loss
+            raise ValueError(f"{type(self).__name__} needs a process factorised over positions, with a schedule "
+                             f"({exc})") from None
+        if isinstance(schedule, nn.Module):
+            self.schedule = schedule  # learnable schedule parameters reach the optimiser
 
     def integrand(self, denoiser: Denoiser, x0: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
         """Per-token nats of the integrand at times ``t`` (one per sequence)."""

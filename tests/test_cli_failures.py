@@ -279,6 +279,11 @@ ROWS = [
          r"float32 logits over 8 tokens alone"]),
     Row("data-too-large", validate("data.seq_len=9223372036854775807"), 2,
         [r"data: [\d,]+ sequences of data\.seq_len=9,223,372,036,854,775,807 tokens need about [\d.,]+ TB"]),
+    Row("seq-len-beyond-int64", ["config", "validate", str(ROOT / "pipelines" / "uniform.yaml"), f"data.seq_len={HUGE}"],
+        2, [rf"data\.seq_len: the train split has \d+ tokens, fewer than one window of data\.seq_len={HUGE}"]),
+    Row("loss-for-another-process", ["config", "validate", str(ROOT / "pipelines" / "flexmdm.yaml"),
+                                     "loss=continuous_elbo"], 2,
+        [r"^  - loss: ContinuousELBO needs a process factorised over positions, with a schedule"]),
     Row("nested-component-junk", validate("sampler.corrector=[[1]]"), 2,
         [r"sampler\.corrector \(sampler 'ancestral'\): a corrector is a name, a mapping .* or a ddkit\.Corrector "
          r"\(got \[\[1\]\]\)"]),

@@ -52,6 +52,10 @@ class Split:
         rows = torch.randint(0, self.tokens.shape[0], (batch,), generator=generator)
         return self.tokens[rows, :length].long()
 
+    def num_chunks(self, length: int) -> int:
+        """How many chunks :meth:`chunks` gives (without making them)."""
+        return self.tokens.numel() // length if self.is_stream else self.tokens.shape[0]
+
     def chunks(self, length: int) -> Tensor:
         """``[M, length]`` long: non-overlapping chunks of the stream, or every row."""
         if self.is_stream:
