@@ -4,6 +4,7 @@ corpus against in-memory crops.
     python benchmarks/scale_out.py distributed [--steps 60]   # tokens/s, 1 and 2 processes (gloo, CPU)
     python benchmarks/scale_out.py compile [--steps 40]       # eager vs train.compile, steady state
     python benchmarks/scale_out.py memmap [--gigabytes 1.0]   # token_file vs in-memory crops
+    python benchmarks/scale_out.py gpu [--steps 20 --batch 8] # owt_small on every GPU: DDP vs FSDP
 
 ``distributed`` runs ``torchrun -m ddkit.cli train`` on the quickstart pipeline with the
 per-process batch fixed (so K processes train on K times the tokens per step) and reports the
@@ -14,6 +15,12 @@ temporary directory (deleted at the end), then draws batches of 1024-token rando
 from the ``token_file`` split and from the same tokens held in memory (int32, as the
 pipeline stores a 50,257-symbol stream), reporting crops per second, their ratio, and this
 process's resident memory (anonymous, and file pages mapped).
+
+``gpu`` (needs CUDA and the ``hf`` extra; not run on this project's CPU machines) trains
+``pipelines/owt_small.yaml`` (12 x 768, 1024 tokens, bf16) for a few steps on a generated corpus
+of random ids with GPT-2's vocabulary size, once with DDP and once with FSDP, one process per
+visible GPU, and reports each process's peak CUDA memory during the training steps and the
+steady tokens/s. With one GPU, FSDP has nothing to shard with: the comparison needs two or more.
 """
 
 from __future__ import annotations
@@ -125,17 +132,93 @@ def memmap(gigabytes: float, batches: int, batch: int, length: int) -> dict:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def gpu_corpus(directory: Path, tokens: int) -> Path:
+    """A corpus of random ids with GPT-2's vocabulary size and a word-level stand-in tokenizer."""
+    import tokenizers
+
+    from ddkit.contrib.data.token_file import FORMAT, HEADER
+    from ddkit.contrib.hf_tokenizer import HFTokenizer
+
+    vocab = 50257
+    words = {f"w{i}": i for i in range(vocab - 1)} | {"<|endoftext|>": vocab - 1}
+    backend = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab=words, unk_token="w0"))
+    backend.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+    backend.save(str(directory / "tokenizer.json"))
+    generator = np.random.default_rng(0)
+    splits = {"train": tokens, "validation": 1 << 16}
+    for name, count in splits.items():
+        generator.integers(0, vocab, count, dtype=np.uint16).tofile(directory / f"{name}.bin")
+    header = {"format": FORMAT, "dtype": "uint16", "vocab_size": vocab,
+              "tokenizer": HFTokenizer(str(directory / "tokenizer.json")).spec(), "eot_id": vocab - 1,
+              "splits": {name: {"file": f"{name}.bin", "tokens": count} for name, count in splits.items()}}
+    (directory / HEADER).write_text(json.dumps(header))
+    return directory
+
+
+def gpu_worker(corpus: str, out: str, strategy: str, steps: int, batch: int) -> None:
+    """One process of the ``gpu`` section (started by torchrun)."""
+    from ddkit.contrib.distributed import setup
+    from ddkit.contrib.pipeline import Pipeline
+    from ddkit.contrib.pipeline_config import load_pipeline
+    from ddkit.contrib.training import Trainer
+
+    config = load_pipeline(ROOT / "pipelines" / "owt_small.yaml", [
+        f"data.dataset.path={corpus}", f"train.steps={steps}", f"train.batch_size={batch}", "train.eval_every=null",
+        "train.eval_batches=1", "train.checkpoint_every=null", "train.checkpoint_interval_s=null",
+        "train.log_every=5", "train.progress=false", f"train.distributed.strategy={strategy}"])
+    world, device = setup(config.train)
+    pipeline = Pipeline.build(config, device=device)
+    stamps, peaks = [], []
+
+    def on_step(step: int) -> None:
+        torch.cuda.synchronize()
+        stamps.append(time.perf_counter())
+        peaks.append(torch.cuda.max_memory_allocated())
+
+    torch.cuda.reset_peak_memory_stats()
+    Trainer(pipeline, out, world=world, on_step=on_step).fit()
+    tokens = batch * config.data.seq_len * world.size
+    steady = (len(stamps) - 3) * tokens / (stamps[-1] - stamps[2])
+    print(json.dumps({"strategy": strategy, "rank": world.rank, "processes": world.size,
+                      "peak_gib": max(peaks) / 2**30, "tokens_per_s": steady}), flush=True)
+    world.close()
+
+
+def gpu(steps: int, batch: int) -> dict:
+    if not torch.cuda.is_available():
+        raise SystemExit("the gpu section needs CUDA")
+    processes = torch.cuda.device_count()
+    results = []
+    with tempfile.TemporaryDirectory() as root:
+        corpus = gpu_corpus(Path(root), 1 << 24)
+        for strategy in ("ddp", "fsdp"):
+            command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+                       __file__, "_gpu_worker", "--corpus", str(corpus), "--out", f"{root}/{strategy}",
+                       "--strategy", strategy, "--steps", str(steps), "--batch", str(batch)]
+            done = subprocess.run(command, capture_output=True, text=True, check=True)
+            results += [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    return {"gpus": processes, "device": torch.cuda.get_device_name(0), "per_process_batch": batch, "runs": results}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("section", choices=["distributed", "compile", "memmap"])
+    parser.add_argument("section", choices=["distributed", "compile", "memmap", "gpu", "_gpu_worker"])
+    parser.add_argument("--corpus")
+    parser.add_argument("--out")
+    parser.add_argument("--strategy", choices=["ddp", "fsdp"])
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--batch", type=int, default=32, help="distributed: sequences per process")
     parser.add_argument("--gigabytes", type=float, default=1.0)
     parser.add_argument("--batches", type=int, default=2000)
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    if args.section == "_gpu_worker":
+        gpu_worker(args.corpus, args.out, args.strategy, args.steps, args.batch)
+        return
     if args.section == "distributed":
         result = distributed(args.steps, args.batch)
+    elif args.section == "gpu":
+        result = gpu(args.steps, args.batch)
     elif args.section == "compile":
         result = compile_speed(args.steps)
     else:
