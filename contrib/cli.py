@@ -22,7 +22,7 @@ from ddkit.config import ConfigError
 
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint
 from .memory import out_of_memory
-from .pipeline import Pipeline, device_problem
+from .pipeline import Pipeline, device_problem, too_large
 from .pipeline_config import SEED_MAX, known_vocab_size, load_pipeline, pipeline_json_schema
 from .training import TrainingInterrupted
 
@@ -72,15 +72,15 @@ def _friendly(command):
         except OSError as exc:
             click.echo(f"Error: {_file_system_error(exc)}", err=True)
             sys.exit(4)
-        except (MemoryError, RuntimeError) as exc:  # what no check before foresaw: an allocation that failed
-            if not out_of_memory(exc):
+        except (MemoryError, OverflowError, RuntimeError) as exc:  # what no check before foresaw
+            if out_of_memory(exc):
+                click.echo(f"Error: out of memory ({_first_line(exc)}); ask for less: fewer samples or steps, "
+                           f"shorter sequences, smaller batches or a smaller model", err=True)
+            elif too_large(exc):
+                click.echo(f"Error: a number is too large to compute with ({_first_line(exc)}); check the counts "
+                           f"and sizes given", err=True)
+            else:
                 raise
-            click.echo(f"Error: out of memory ({_first_line(exc)}); ask for less: fewer samples or steps, shorter "
-                       f"sequences, smaller batches or a smaller model", err=True)
-            sys.exit(2)
-        except OverflowError as exc:
-            click.echo(f"Error: a number is too large to compute with ({exc}); check the counts and sizes given",
-                       err=True)
             sys.exit(2)
         except KeyboardInterrupt:
             click.echo("\ninterrupted; the checkpoint holds the last completed step (continue with --resume)", err=True)

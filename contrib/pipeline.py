@@ -83,6 +83,13 @@ def resolve_device(name: str, *, where: str = "train.device") -> torch.device:
     return torch.device(name)
 
 
+def too_large(exc: BaseException) -> bool:
+    """Whether ``exc`` says that a number was too large for Python or PyTorch to compute with
+    (an overflow, a size beyond 64 bits)."""
+    text = str(exc).lower()
+    return isinstance(exc, OverflowError) or "overflow" in text or "cannot be represented" in text
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -109,15 +116,12 @@ class ModelSize:
 def model_size(spec: Any, values: dict[str, Any]) -> ModelSize | None:
     """The size of the network ``spec`` builds, from a build on the ``meta`` device (shapes,
     no storage: nothing is allocated). Sizes beyond what PyTorch can represent are a
-    :class:`ConfigError`; a network that cannot be built on the meta device gives ``None``."""
+    :class:`ConfigError` (:func:`build_component`); a network that cannot be built on the meta
+    device gives ``None``."""
     try:
         with torch.device("meta"):
             model = build_component("model", spec, values, where="model")
-    except (RuntimeError, TypeError, OverflowError) as exc:
-        reason = _first_line(exc)
-        if isinstance(exc, OverflowError) or "overflow" in reason.lower():
-            raise ConfigError(f"model: its sizes are too large to build a network ({reason}); "
-                              f"lower model.width, model.depth or the like") from None
+    except (RuntimeError, TypeError):  # sizes too large to compute with are a ConfigError of build_component
         return None
     return ModelSize(sum(p.numel() for p in model.parameters()),
                      sum(b.numel() * b.element_size() for b in model.buffers()))
@@ -196,8 +200,10 @@ def build_component(kind: str, spec: Any, values: dict[str, Any], *, where: str)
         raise
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}") from None
-    except OverflowError as exc:  # a number that Python or PyTorch cannot compute with
-        raise ConfigError(f"{where}: a parameter is too large to compute with ({exc}; got "
+    except (OverflowError, RuntimeError, TypeError) as exc:
+        if not too_large(exc):  # a number that Python or PyTorch cannot compute with, or else a bug
+            raise
+        raise ConfigError(f"{where}: a parameter is too large to compute with ({_first_line(exc)}; got "
                           f"{show_value(given, 120)})") from None
 
 

@@ -294,12 +294,16 @@ ROWS = [
         2, [r"^  - output\.dir: cannot parse the value '\$\{\}': no viable alternative at input"]),
     Row("override-unparsable", validate("sample.prompt=${}"), 2,
         [r"^  - override 'sample\.prompt=\$\{\}': cannot parse the value: no viable alternative at input '\$\{\}'$"]),
+    Row("parameter-beyond-int64-in-a-factory", ["config", "validate", str(ROOT / "pipelines" / "ar.yaml"),
+                                                "loss.block_length=9223372036854775807"], 2,
+        [r"^  - loss: a parameter is too large to compute with \(IntArrayRef contains an int that cannot be "
+         r"represented"]),
     Row("parameter-overflows-a-factory", lambda env: ["config", "validate", str(ROOT / "pipelines" / "ar.yaml"),
                                                       f"loss.block_length={HUGE}"], 2,
         [r"^  - loss: a parameter is too large to compute with \(int too big to convert; got \{'block_length'"]),
     # -- every failure a clear message
     Row("huge-width", validate("model.width=100000000000000000000"), 2,
-        [r"model: its sizes are too large to build a network \(.*[Oo]verflow"]),
+        [r"^  - model: a parameter is too large to compute with \(.*Overflow.*; got \{'width': 100000000000000000000"]),
     Row("seed-huge", validate(f"seed={HUGE}"), 2,
         [rf"seed: Input should be less than or equal to 9223372036854775807 \(got {HUGE}\)"]),
     Row("seed-negative", validate("seed=-1"), 2, [r"^  - seed: Input should be greater than or equal to 0"]),
