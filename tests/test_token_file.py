@@ -20,12 +20,12 @@ from ddkit.contrib.training import Trainer
 
 @pytest.fixture(scope="module")
 def texts(tmp_path_factory):
-    """Three text files of about 1.4 MB together (the embedded corpus, three times, with
+    """Six text files of about 2.8 MB together (the embedded corpus, six times, with
     a few characters outside ASCII so that splits must not cut a UTF-8 character)."""
     root = tmp_path_factory.mktemp("texts")
     corpus = pydoc_corpus("all")
     paths = []
-    for index in range(3):
+    for index in range(6):
         path = root / f"part{index}.txt"
         path.write_text(f"— part {index} — é\n" + corpus, encoding="utf-8")
         paths.append(path)
@@ -47,7 +47,7 @@ def test_build_writes_every_token_of_the_files_in_order(texts, corpus):
     whole = "".join(path.read_text(encoding="utf-8") for path in texts)
     tokenizer = ddkit.build("tokenizer", header["tokenizer"])
     assert tokenizer.vocab_size == header["vocab_size"] == len(set(whole)) and header["dtype"] == "uint8"
-    assert header["eot_id"] is None and header["documents"] == 3
+    assert header["eot_id"] is None and header["documents"] == 6
     streams = [np.fromfile(directory / header["splits"][name]["file"], dtype=np.uint8)
                for name in ("train", "validation", "test")]
     assert np.array_equal(np.concatenate(streams), tokenizer.encode(whole).numpy())
