@@ -110,6 +110,22 @@ def test_masked_term_is_the_standard_bound_and_clean_term_the_leave_one_out_one(
     assert out.clean_nats_per_token == pytest.approx(float(out.clean.mean()))
 
 
+def test_both_terms_reach_the_training_log():
+    """metrics() gives the mean masked and clean nats of the training batches since its last
+    call; batches without gradients (validation, evaluation) are not counted."""
+    torch.manual_seed(0)
+    process, loss = hollow_loss()
+    net = HollowTransformer(5, width=8, depth=1, heads=2, max_seq_len=8)
+    x0 = torch.randint(0, 5, (8, 8))
+    outs = [loss(net, x0, generator=torch.Generator().manual_seed(seed)) for seed in (1, 2)]
+    with torch.no_grad():
+        loss(net, x0, generator=torch.Generator().manual_seed(3))
+    logged = loss.metrics()
+    assert logged["masked_nats"] == pytest.approx(sum(o.nats_per_token for o in outs) / 2, rel=1e-5)
+    assert logged["clean_nats"] == pytest.approx(sum(o.clean_nats_per_token for o in outs) / 2, rel=1e-5)
+    assert "masked_nats" not in loss.metrics()  # read once
+
+
 def test_clean_term_omits_the_top_of_the_time_range_and_is_zero_without_clean_tokens():
     process, loss = hollow_loss(t_min=0.1)
     x0 = torch.randint(0, 5, (4, 6))

@@ -23,6 +23,9 @@ token, and ``loss`` — the scalar training minimises — their mean sum
 :math:`\mathcal L_{\text{masked}} + \lambda\,\mathcal L_{\text{clean}}` (``clean_weight``
 :math:`\lambda`, default 1; the reference averages the two terms, a factor 1/2 on both).
 
+Both terms are also reported in the training log (:meth:`HollowELBO.metrics`:
+``masked_nats`` and ``clean_nats``, means over the batches of each logging interval).
+
 Times: one per sequence on :math:`[t_{min}, 1]` (iid or antithetic); the masked term omits
 :math:`[0, t_{min}]` as the standard loss does, and the clean term mirrors that by omitting
 :math:`[1 - t_{min}, 1]`, where its weight :math:`-\alpha'_t/\alpha_t` diverges as the
@@ -75,6 +78,19 @@ class HollowELBO(ddkit.ContinuousTimeLoss):
             raise ValueError(f"hollow_elbo needs the mean parameterization; this one predicts "
                              f"{self.parameterization.predicts!r}")
         self.clean_weight = float(clean_weight)
+        # sums of the two terms (nats per token) over the training batches since the training
+        # log last read them (metrics()); on the device, so that no step waits for them
+        self._logged: list[Tensor] = []
+
+    def metrics(self) -> dict[str, float]:
+        """The training log's view of both terms: the mean masked and clean nats per token over
+        the training batches since the last call (with the schedule's metrics, if any)."""
+        values = super().metrics()
+        if self._logged:
+            masked, clean = (float(v) for v in torch.stack(self._logged).mean(0))
+            values.update(masked_nats=masked, clean_nats=clean)
+            self._logged.clear()
+        return values
 
     def terms(self, denoiser: ddkit.Denoiser, x0: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """``(masked, clean)`` integrands per token at times ``t`` (one per sequence), in nats."""
@@ -94,7 +110,10 @@ class HollowELBO(ddkit.ContinuousTimeLoss):
         x_t = self.process.sample_marginal(x0, t, generator=generator)
         masked, clean = self.terms(denoiser, x0, x_t, t)
         scale = 1.0 - self.t_min
-        return HollowLossOutput(nats=scale * masked, t=t, clean=scale * clean, clean_weight=self.clean_weight)
+        out = HollowLossOutput(nats=scale * masked, t=t, clean=scale * clean, clean_weight=self.clean_weight)
+        if torch.is_grad_enabled():  # a training step (validation and evaluation run without gradients)
+            self._logged.append(torch.stack([out.nats.detach().mean(), out.clean.detach().mean()]).float())
+        return out
 
 
 @ddkit.hookimpl
