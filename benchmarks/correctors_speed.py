@@ -14,7 +14,7 @@ is ddkit / hand-written <= 1.1 on the CPU with the Numba backend. Shapes are ``r
 ``(B, N, V)``.
 
     python benchmarks/correctors_speed.py                  # prints the table
-    python benchmarks/correctors_speed.py --shapes 0,1 --json benchmarks/results/correctors-cpu.json
+    python benchmarks/correctors_speed.py --shapes 0,1 --json benchmarks/results/correctors/cpu-1thread.json
 """
 
 from __future__ import annotations
