@@ -392,8 +392,6 @@ def test_first_hitting_refuses_a_vector_schedule():
                                                         num_samples=2, length=3)
 
 
-@pytest.mark.xfail(strict=True, reason="euler.start reads float(schedule.alpha(1)), which fails for a vector "
-                                       "schedule (one alpha per token); it should test alpha_1 > 0 for every token")
 def test_euler_with_the_score_parameterization_takes_a_vector_schedule():
     process = ddkit.build("process", "masked", vocab_size=3, schedule={"name": "learnable_polynomial", "eps": 1e-3})
     sampler = ddkit.build("sampler", "euler", steps=4, parameterization={"name": "score", "time_conditioning": True})

@@ -153,8 +153,10 @@ def _buildable(kind: str, names: Sequence[str] | None) -> list[str]:
     usable = []
     for name in registry.names(kind):
         try:
-            registry.validate(kind, name)  # buildable with default parameters?
+            record, _ = registry.validate(kind, name)  # buildable with default parameters?
         except Exception:  # noqa: BLE001 - a component that needs parameters is left out
+            continue
+        if "vocab_size" in record.params.model_fields:  # sized by a process (a vector schedule)
             continue
         usable.append(name)
     return usable

@@ -216,5 +216,7 @@ def report_plots(root: Path, docs_dir: Path) -> dict[str, bytes]:
     """The PNG plots of the reports, by file name."""
     plots = {"oracle.png": oracle_plot((docs_dir / "oracle.md").read_text(encoding="utf-8"))}
     for path in sorted((root / "benchmarks" / "results").glob("*.json")):
-        plots[f"benchmark-{path.stem}.png"] = benchmark_plot(json.loads(path.read_text(encoding="utf-8")), path.stem)
+        results = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(results, dict) and "rows" in results:  # a benchmarks/run.py result; others have own pages
+            plots[f"benchmark-{path.stem}.png"] = benchmark_plot(results, path.stem)
     return plots

@@ -51,7 +51,7 @@ from ddkit.sampler import TransitionSampler
 class EulerSampler(TransitionSampler):
     def start(self, state):
         schedule = state.process.schedule
-        if state.calls.parameterization.predicts == "score" and float(schedule.alpha(torch.ones((), dtype=torch.float64))) <= 0:
+        if state.calls.parameterization.predicts == "score" and float(schedule.alpha(torch.ones((), dtype=torch.float64)).min()) <= 0:
             # beta_1 = -alpha'/alpha is infinite: any positive ratio a network outputs gives an
             # infinite rate, and every position would jump in the first step
             raise ValueError("euler with the score parameterization needs a schedule with alpha_1 > 0 "

@@ -95,6 +95,9 @@ class SemiAutoregressiveSampler(ddkit.Sampler):
                 view = self._cached_view(model, cache)
             else:
                 view = self._full_view(model, x, start, end)
+            for capability in ("evaluations_per_call", "hollow"):  # the view is the model over one block
+                if hasattr(model, capability):
+                    setattr(view, capability, getattr(model, capability))
             calls = ddkit.DenoiserCalls(view, state.process, state.calls.parameterization, cache=self.cache_outputs)
             inner = ddkit.SamplerState(
                 x=x[:, start:end].clone(), fixed=fixed[:, start:end] | done[:, None], t=torch.ones_like(state.t),

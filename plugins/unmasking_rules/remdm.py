@@ -100,6 +100,9 @@ class RemaskingRule(ddkit.UnmaskingRule):
         if strategy == "loop" and not (t_off < t_on and 0 < alpha_on < 1):
             raise ValueError(f"loop needs t_off < t_on and 0 < alpha_on < 1, got t_on={t_on}, t_off={t_off}, "
                              f"alpha_on={alpha_on}")
+        if strategy == "loop" and eta is not None and eta > (1.0 - alpha_on) / alpha_on:
+            raise ValueError(f"loop's eta={eta} exceeds the plateau's bound (1 - alpha_on)/alpha_on = "
+                             f"{(1.0 - alpha_on) / alpha_on:.6g}: masks would unmask with probability above 1")
         self.strategy = strategy
         self.eta = DEFAULT_ETA.get(strategy, 0.0) if eta is None else float(eta)
         self.remasks = strategy in ("conf", "fb") or (strategy in DEFAULT_ETA and self.eta > 0)
