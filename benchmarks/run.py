@@ -260,6 +260,27 @@ def hand_written_loop(logits, steps, generator):
     return x
 
 
+def sampler_against_hand_loop(section, name, candidate, sampler, process, logits, hand, device, budget_s):
+    """A row timing ``sampler`` on the precomputed ``logits`` against ``hand(generator)``, a
+    hand-written loop of the same math, both from seed 2; notes whether the samples agree."""
+    B, N, _ = logits.shape
+
+    def ddkit_run():
+        gen = torch.Generator(device=device).manual_seed(2)
+        return sampler.sample(lambda x_t, t: logits, process, num_samples=B, length=N, generator=gen,
+                              device=device).tokens
+
+    def hand_run():
+        return hand(torch.Generator(device=device).manual_seed(2))
+
+    base, cand, rounds = time_pair(hand_run, ddkit_run, device, budget_s=budget_s, max_rounds=9)
+    same = torch.equal(hand_run(), ddkit_run())
+    ratio = cand / base
+    return row(section, name, tuple(logits.shape), "hand-written loop", candidate, base * 1e3, cand * 1e3, ratio,
+               "ms", target="<= 1.1", met=ratio <= 1.1, rounds=rounds,
+               note="identical samples" if same else "samples differ")
+
+
 def bench_sampler(device, budget_s, log, steps=128):
     rows = []
     for shape in SHAPES[:2]:
@@ -270,20 +291,9 @@ def bench_sampler(device, budget_s, log, steps=128):
         for backend in backends:
             sampler = ddkit.build("sampler", "ancestral", steps=steps, backend=backend)
 
-            def ddkit_run():
-                gen = torch.Generator(device=device).manual_seed(2)
-                return sampler.sample(lambda x_t, t: logits, process, num_samples=B, length=N, generator=gen,
-                                      device=device).tokens
-
-            def hand_run():
-                return hand_written_loop(logits, steps, torch.Generator(device=device).manual_seed(2))
-
-            base, cand, rounds = time_pair(hand_run, ddkit_run, device, budget_s=budget_s, max_rounds=9)
-            same = torch.equal(hand_run(), ddkit_run())
-            ratio = cand / base
-            rows.append(row("sampler", f"ancestral {steps} steps, backend={backend}", shape, "hand-written loop",
-                            "ddkit ancestral", base * 1e3, cand * 1e3, ratio, "ms", target="<= 1.1",
-                            met=ratio <= 1.1, rounds=rounds, note="identical samples" if same else "samples differ"))
+            rows.append(sampler_against_hand_loop(
+                "sampler", f"ancestral {steps} steps, backend={backend}", "ddkit ancestral", sampler, process,
+                logits, lambda gen: hand_written_loop(logits, steps, gen), device, budget_s))
             log(rows[-1])
     return rows
 
@@ -356,20 +366,9 @@ def bench_decoders(device, budget_s, log, steps=128):
         for name, rule, hand in cases:
             sampler = ddkit.build("sampler", "ancestral", steps=steps, backend=backend, rule=rule)
 
-            def ddkit_run():
-                gen = torch.Generator(device=device).manual_seed(2)
-                return sampler.sample(lambda x_t, t: logits, process, num_samples=B, length=N, generator=gen,
-                                      device=device).tokens
-
-            def hand_run():
-                return hand(logits, torch.Generator(device=device).manual_seed(2))
-
-            base, cand, rounds = time_pair(hand_run, ddkit_run, device, budget_s=budget_s, max_rounds=9)
-            same = torch.equal(hand_run(), ddkit_run())
-            ratio = cand / base
-            rows.append(row("decoders", f"{name} {steps} steps, backend={backend}", shape, "hand-written loop",
-                            "ddkit ancestral + rule", base * 1e3, cand * 1e3, ratio, "ms", target="<= 1.1",
-                            met=ratio <= 1.1, rounds=rounds, note="identical samples" if same else "samples differ"))
+            rows.append(sampler_against_hand_loop(
+                "decoders", f"{name} {steps} steps, backend={backend}", "ddkit ancestral + rule", sampler, process,
+                logits, lambda gen, hand=hand: hand(logits, gen), device, budget_s))
             log(rows[-1])
     return rows
 
