@@ -208,6 +208,8 @@ def _source(run_dir: str | None, ckpt: str | None) -> Path:
 @click.option("--time-samples", type=click.IntRange(min=1), help="Time draws per sequence.")
 @click.option("--time-sampling", type=click.Choice(["iid", "antithetic"]))
 @click.option("--discrete-steps", type=click.IntRange(min=1), help="Also the discrete-time ELBO with T steps.")
+@click.option("--left-to-right/--no-left-to-right", default=None,
+              help="Also the exact NLL of the masked model decoded left to right (default: eval.left_to_right).")
 @click.option("--max-sequences", type=click.IntRange(min=1))
 @click.option("--batch-size", type=click.IntRange(min=1), help="Rows per denoiser call.")
 @_seed_option
@@ -217,15 +219,15 @@ def _source(run_dir: str | None, ckpt: str | None) -> Path:
                    "samples.json under it, with unigram entropy, beside held-out text of the same length.")
 @_device_option
 @_friendly
-def eval_command(run_dir, ckpt, split, time_samples, time_sampling, discrete_steps, max_sequences, batch_size,
-                 seed, out_file, judge_run, device):
+def eval_command(run_dir, ckpt, split, time_samples, time_sampling, discrete_steps, left_to_right, max_sequences,
+                 batch_size, seed, out_file, judge_run, device):
     """The ELBO bound (nats, bits per token, perplexity) of a trained model on a data split."""
     from .runner import evaluate_pipeline, format_eval, load_run, write_json
 
     pipeline, checkpoint = load_run(_source(run_dir, ckpt), load_data=True, device=device)
     result = evaluate_pipeline(pipeline, split=split, time_samples=time_samples, time_sampling=time_sampling,
-                               discrete_steps=discrete_steps, max_sequences=max_sequences, batch_size=batch_size,
-                               seed=seed)
+                               discrete_steps=discrete_steps, left_to_right=left_to_right,
+                               max_sequences=max_sequences, batch_size=batch_size, seed=seed)
     result["checkpoint_step"] = checkpoint.step
     click.echo(format_eval(result))
     if judge_run is not None:

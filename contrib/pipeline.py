@@ -318,7 +318,7 @@ class Pipeline:
         loss = build_component("loss", config.loss, values, where="loss")
         sampler = build_component("sampler", config.sampler, values, where="sampler")
         pipeline = cls(config, tokenizer, data, process, parameterization, model, loss, sampler, device_)
-        problems = cls._check_model(config, model, process, parameterization)
+        problems = cls._check_model(config, model, process, parameterization, loss)
         problems += pipeline.sampler_problems(sampler, config.sampler, where="sampler")
         if problems:
             raise ConfigError(problems)
@@ -341,10 +341,11 @@ class Pipeline:
         default, reaching it neither through ``sample(parameterization=...)`` nor through its
         own ``parameterization`` parameter."""
         problems = []
-        try:
-            sampler.check_process(self.process)
-        except ValueError as exc:
-            problems.append(f"{where}: {exc}")
+        for check, argument in ((sampler.check_process, self.process), (sampler.check_model, self.model)):
+            try:
+                check(argument)
+            except ValueError as exc:
+                problems.append(f"{where}: {exc}")
         name, _ = split_spec(spec)
         declared = "parameterization" in ddkit.get_registry().get("sampler", name).params.model_fields
         if not declared and self.parameterization_for(sampler) is None:
@@ -360,8 +361,13 @@ class Pipeline:
 
     @staticmethod
     def _check_model(config: PipelineConfig, model: torch.nn.Module, process: ddkit.Process,
-                     parameterization: ddkit.Parameterization) -> list[str]:
+                     parameterization: ddkit.Parameterization, loss: ddkit.Loss) -> list[str]:
         problems = []
+        loss_block, model_block = getattr(loss, "block_length", None), getattr(model, "block_length", None)
+        if getattr(model, "block_causal", False) and loss_block is not None and loss_block != model_block:
+            problems.append(f"loss.block_length: {loss_block} but the block-causal model has model.block_length "
+                            f"{model_block}; set both to the same value (e.g. loss.block_length: "
+                            f"${{model.block_length}})")
         out_vocab = getattr(model, "vocab_size", None)
         if out_vocab is not None and out_vocab != process.vocab_size:
             problems.append(f"model.vocab_size: the network predicts {out_vocab} tokens but the process "

@@ -114,6 +114,8 @@ class EvalConfig(Section):
     batch_size: int = Field(64, ge=1, description="sequences per evaluation batch")
     max_sequences: int | None = Field(None, ge=1, description="evaluate at most this many chunks")
     discrete_steps: int | None = Field(None, ge=1, description="also report the discrete-time ELBO with T steps")
+    left_to_right: bool = Field(False, description="also report the exact NLL of the masked model decoded left to "
+                                                   "right, one token per step (N calls per batch)")
 
 
 class SampleConfig(Section):

@@ -110,6 +110,10 @@ class Samples:
     trajectory: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
     compile_seconds: float = 0.0  # compiling the kernels before sampling (first run only), not in ``seconds``
+    #: a variable-length sampler's lengths (``SampleResult.lengths``): ``texts`` hold that many tokens
+    lengths: Tensor | None = None
+    #: what the sampler reported in ``SampleResult.info`` (e.g. KV-cache commit passes)
+    sampler_info: dict[str, Any] = field(default_factory=dict)
 
     @property
     def tokens_per_second(self) -> float:
@@ -118,7 +122,10 @@ class Samples:
     def to_json(self) -> dict[str, Any]:
         return {"samples": self.texts, "tokens": self.tokens.tolist(), "nfe": self.nfe, "steps": self.steps,
                 "seconds": self.seconds, "tokens_per_s": self.tokens_per_second,
-                "kernel_compile_seconds": self.compile_seconds, **self.info}
+                "kernel_compile_seconds": self.compile_seconds, **self.info,
+                **({"lengths": self.lengths.tolist()} if self.lengths is not None else {}),
+                **({"sampler_info": {k: v.tolist() if isinstance(v, Tensor) else v
+                                     for k, v in self.sampler_info.items()}} if self.sampler_info else {})}
 
 
 def draw_samples(denoiser: ddkit.Denoiser, process: ddkit.Process, sampler: ddkit.Sampler, tokenizer: Tokenizer,
@@ -146,10 +153,12 @@ def draw_samples(denoiser: ddkit.Denoiser, process: ddkit.Process, sampler: ddki
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
     tokens = result.tokens.cpu()
-    texts = [tokenizer.decode(row) for row in tokens]
+    lengths = None if result.lengths is None else result.lengths.cpu()
+    texts = [tokenizer.decode(row if lengths is None else row[:int(n)])
+             for row, n in zip(tokens, lengths if lengths is not None else tokens)]
     trajectory = None
     if show and result.trajectory:
         trajectory = render_trajectory(tokenizer, [s.cpu() for s in result.trajectory], process.mask_id)
     return Samples(texts, tokens, result.nfe, result.steps, seconds, trajectory,
                    info={"seed": seed, "prompt": prompt, "infill": infill, "length": length},
-                   compile_seconds=compile_seconds)
+                   compile_seconds=compile_seconds, lengths=lengths, sampler_info=dict(result.info))

@@ -342,6 +342,11 @@ class Sampler:
                     f"{type(process).__name__} has {sorted(process.capabilities) or 'none'}"
                 )
 
+    def check_model(self, model: Any) -> None:
+        """Raise ``ValueError`` if this sampler cannot sample ``model`` (a capability the model
+        does not declare, a block length that differs); pipelines call it when they are built,
+        before any training. By default every model is accepted."""
+
     @classmethod
     def takes_parameterization(cls) -> bool:
         """Whether :meth:`sample` accepts ``parameterization=`` (samplers on this protocol

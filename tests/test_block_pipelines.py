@@ -33,6 +33,7 @@ def test_block_pipeline_runs_samples_with_the_cache_and_evaluates(name, runs):
     assert evaluation["continuous"]["bits_per_token"] > 0
     samples = json.loads((out / "samples.json").read_text())
     assert len(samples["samples"]) == 2 and samples["sampler"]["kv_cache"] is True
+    assert samples["sampler_info"]["commit_passes"] == 16 // {"ar": 1, "bd3": 4}[name] - 1
     again = invoke("sample", "--run", out, "-n", "2")
     assert again.exit_code == 0, again.output
     evaluated = invoke("eval", "--run", out)
@@ -45,6 +46,13 @@ def test_block_pipelines_validate_with_their_block_lengths_tied():
         assert result.exit_code == 0, result.output
     result = invoke("config", "validate", ROOT / "pipelines" / "bd3.yaml", "model.block_length=8")
     assert result.exit_code == 0, result.output  # loss and sampler follow model.block_length
+
+
+@pytest.mark.parametrize("override, named", [("loss.block_length=8", "loss.block_length: 8"),
+                                             ("sampler.block_length=8", "sampler: the model's block_length 4")])
+def test_block_lengths_that_differ_are_refused_before_training(override, named):
+    result = invoke("config", "validate", ROOT / "pipelines" / "bd3.yaml", override)
+    assert result.exit_code != 0 and named in result.output, result.output
 
 
 def test_judge_scores_samples_with_the_autoregressive_run(runs):

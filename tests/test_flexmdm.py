@@ -580,6 +580,9 @@ def test_flexmdm_pipeline_runs_end_to_end(tmp_path):
         assert evaluation["continuous"]["bits_per_token"] > 0
         samples = json.loads((out / "samples.json").read_text())
         assert len(samples["samples"]) == 2 and samples["nfe"] == 8
+        # the sampler's lengths and info are kept; each text holds its sample's tokens only
+        assert [len(text) for text in samples["samples"]] == samples["lengths"]
+        assert set(samples["sampler_info"]) >= {"truncated_insertions", "truncated_sequences"}
 
 
 @pytest.mark.parametrize("module", ["ddkit.plugins.processes.insertion", "ddkit.contrib.models.flex_dit",

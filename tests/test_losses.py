@@ -142,3 +142,37 @@ def test_bad_loss_parameters():
         ddkit.build("loss", "discrete_elbo", process=process, num_steps=0)
     with pytest.raises(ddkit.ParameterError, match="process"):
         ddkit.build("loss", "continuous_elbo")
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_complementary_masks_estimate_is_unbiased(schedule):
+    process = ddkit.build("process", "masked", vocab_size=V, schedule=schedule)
+    loss = ddkit.build("loss", "continuous_elbo", process=process, t_min=0.0, complementary_masks=True)
+    g = torch.Generator().manual_seed(1)
+    estimates = torch.stack([loss(count_denoiser, X0.expand(256, N), generator=g).nats.sum(-1).double().mean()
+                             for _ in range(60)])
+    se = float(estimates.std() / math.sqrt(len(estimates)))
+    assert abs(float(estimates.mean()) - exact_continuous(process)) < 5.5 * se  # two-sided p < 1e-7
+
+
+def test_complementary_masks_are_complements_and_evaluation_is_the_plain_estimator():
+    process = ddkit.build("process", "masked", vocab_size=V, schedule="cosine")
+    loss = ddkit.build("loss", "continuous_elbo", process=process, complementary_masks=True)
+    seen = []
+
+    def spy(x_t, t):
+        seen.append(x_t.clone())
+        return count_denoiser(x_t, t)
+
+    x0 = torch.randint(0, V, (5, N), generator=torch.Generator().manual_seed(0))
+    out = loss(spy, x0, generator=torch.Generator().manual_seed(2))
+    (rows,) = seen
+    first, second = rows.chunk(2)
+    assert out.nats.shape == (5, N)
+    assert torch.equal((first == V) ^ (second == V), torch.ones_like(x0, dtype=torch.bool))  # each token masked once
+    assert torch.equal(torch.where(first == V, second, first), x0)
+    plain = loss.evaluation()
+    assert not plain.complementary_masks and plain.t_min == loss.t_min
+    with pytest.raises(ValueError, match="complementary_masks needs a masked"):
+        ddkit.build("loss", "continuous_elbo", process=ddkit.build("process", "uniform", vocab_size=V),
+                    complementary_masks=True)

@@ -64,11 +64,11 @@ class SemiAutoregressiveSampler(ddkit.Sampler):
             raise ValueError(f"eos_id must be a clean token id in 0..{process.vocab_size - 1}, got {self.eos_id}")
 
     def check_model(self, model):
-        if self.kv_cache and not (getattr(model, "block_causal", False)
-                                  and all(hasattr(model, m) for m in ("begin", "extend", "commit"))):
+        block_causal = getattr(model, "block_causal", False)
+        if self.kv_cache and not (block_causal and all(hasattr(model, m) for m in ("begin", "extend", "commit"))):
             raise ValueError(f"kv_cache needs a block-causal model with a KV cache (e.g. block_dit); "
                              f"{type(model).__name__} is not one")
-        if model.block_length != self.block_length:
+        if block_causal and model.block_length != self.block_length:
             raise ValueError(f"the model's block_length {model.block_length} differs from the sampler's "
                              f"{self.block_length}")
 
@@ -80,8 +80,8 @@ class SemiAutoregressiveSampler(ddkit.Sampler):
             return
         first = int(free_columns[0])
         model = state.calls.denoiser
-        if self.kv_cache or getattr(model, "block_causal", False):
-            self.check_model(model)
+        self.check_model(model)
+        if getattr(model, "block_causal", False):
             first -= first % L  # the model's blocks
         if self.kv_cache:
             cache, committed, commits = model.begin(B), 0, 0
