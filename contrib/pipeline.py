@@ -318,7 +318,7 @@ class Pipeline:
         loss = build_component("loss", config.loss, values, where="loss")
         sampler = build_component("sampler", config.sampler, values, where="sampler")
         pipeline = cls(config, tokenizer, data, process, parameterization, model, loss, sampler, device_)
-        problems = cls._check_model(config, model, process, parameterization, loss)
+        problems = cls._check_model(config, model, process, parameterization, loss, sampler)
         problems += pipeline.sampler_problems(sampler, config.sampler, where="sampler")
         if problems:
             raise ConfigError(problems)
@@ -361,7 +361,8 @@ class Pipeline:
 
     @staticmethod
     def _check_model(config: PipelineConfig, model: torch.nn.Module, process: ddkit.Process,
-                     parameterization: ddkit.Parameterization, loss: ddkit.Loss) -> list[str]:
+                     parameterization: ddkit.Parameterization, loss: ddkit.Loss,
+                     sampler: ddkit.Sampler) -> list[str]:
         problems = []
         loss_block, model_block = getattr(loss, "block_length", None), getattr(model, "block_length", None)
         if getattr(model, "block_causal", False) and loss_block is not None and loss_block != model_block:
@@ -383,7 +384,7 @@ class Pipeline:
                                 f"sequence length model.max_seq_len={max_len}")
             infill = config.sample.infill
             length = len(infill) if infill is not None else config.sample.length or config.data.seq_len
-            if length > max_len:
+            if length > max_len and getattr(sampler, "context", None) is None:  # a window lets it be longer
                 what = "sample.infill: the template's length" if infill is not None else "sample.length:"
                 problems.append(f"{what} {length} is above model.max_seq_len={max_len}")
         model_tc = getattr(model, "time_conditioning", None)

@@ -245,8 +245,9 @@ def sample_pipeline(pipeline: Pipeline, *, sampler: ddkit.Sampler | None = None,
         length = cfg.length or pipeline.config.data.seq_len
     max_len = getattr(pipeline.model, "max_seq_len", None)
     want = len(infill) if infill is not None else length
-    if max_len is not None and want > max_len:
-        raise ConfigError(f"sample.length: {want} is above model.max_seq_len={max_len}")
+    if max_len is not None and want > max_len and getattr(sampler, "context", None) is None:
+        raise ConfigError(f"sample.length: {want} is above model.max_seq_len={max_len} (a sampler with a context "
+                          f"window, e.g. semi_ar's context, can generate longer sequences)")
     problem = logits_problem("sample.num_samples (-n)", num_samples or cfg.num_samples, want, pipeline.vocab_size,
                              pipeline.device)
     if problem is not None:

@@ -233,3 +233,77 @@ def test_search_grid_is_bd3lms_and_the_search_picks_the_least_variance():
     restored.load_state_dict(loss.state_dict())
     assert restored.clip == loss.clip
     assert not ddkit.build("loss", "block_elbo", process=process, block_length=4).after_validation(net, batches)
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.sampled_from([(1, 3), (2, 4), (2, 6), (4, 8)]), st.integers(0, 2**31 - 1))
+def test_a_sliding_cache_gives_the_forward_on_the_window_alone(layout, seed):
+    """With context W, a one-layer model's cached logits of block b equal the plain forward on
+    the W positions ending at the block (numbered from 0 again), for sequences longer than
+    max_seq_len too. (Deeper, the cached states of a committed block were computed from the
+    window it was committed in, as in BD3-LM's sliding cache.)"""
+    L, W = layout
+    torch.manual_seed(0)
+    net = ddkit.build("model", "block_dit", vocab_size=V, width=16, depth=1, heads=2, block_length=L,
+                      max_seq_len=W).to(F64).eval()
+    N = 4 * W
+    x = torch.randint(0, V + 1, (2, N), generator=torch.Generator().manual_seed(seed))
+    cache = net.begin(2, context=W)
+    for start in range(0, N, L):
+        low = max(0, start + L - W)
+        expected = net(x[:, low:start + L], torch.zeros(2))[:, start - low:]
+        torch.testing.assert_close(net.extend(cache, x[:, start:start + L]), expected, rtol=0, atol=1e-9)
+        net.commit(cache, x[:, start:start + L])
+        assert cache.length <= W
+
+
+@pytest.mark.parametrize("inner", [{"name": "ancestral", "steps": 2}, {"name": "first_hitting"}])
+def test_windowed_sampling_is_the_same_cached_and_uncached_and_longer_than_the_model(inner):
+    torch.manual_seed(0)
+    net = ddkit.build("model", "block_dit", vocab_size=V, width=16, depth=1, heads=2, block_length=2,
+                      max_seq_len=32).eval()  # one layer: the sliding cache is the window's forward
+    process = masked()
+
+    def draw(kv_cache):
+        sampler = ddkit.build("sampler", "semi_ar", block_length=2, sampler=inner, kv_cache=kv_cache, context=8)
+        return sampler.sample(net, process, num_samples=3, length=48, generator=torch.Generator().manual_seed(3))
+
+    cached, uncached = draw(True), draw(False)
+    assert cached.tokens.shape == (3, 48) and torch.equal(cached.tokens, uncached.tokens)
+    assert bool((cached.tokens < V).all())
+
+
+def test_context_is_checked_against_the_model_and_block_length():
+    process = masked()
+    with pytest.raises(ValueError, match="not a multiple of block_length 4"):
+        ddkit.build("sampler", "semi_ar", block_length=4, context=6).sample(model(4, dtype=torch.float32), process,
+                                                                            num_samples=1, length=8)
+    with pytest.raises(ValueError, match="above the model's max_seq_len 32"):
+        ddkit.build("sampler", "semi_ar", block_length=4, context=64).sample(model(4, dtype=torch.float32), process,
+                                                                             num_samples=1, length=8)
+    causal = ddkit.build("model", "causal_dit", vocab_size=V, width=16, depth=1, heads=2, max_seq_len=16)
+    with pytest.raises(ValueError, match="causal_dit has no context window"):
+        ddkit.build("sampler", "semi_ar", block_length=1, kv_cache=True, context=8).sample(
+            causal, process, num_samples=1, length=4)
+
+
+def test_entropy_stop_ends_degenerate_sequences_with_the_end_token():
+    """A denoiser that always predicts token 1 gives zero-entropy text: every sequence ends
+    after its first window; a varied one (uniform logits over many tokens) does not."""
+    process = ddkit.build("process", "masked", vocab_size=8, schedule="linear")
+
+    def constant(x, t):
+        logits = torch.full((*x.shape, 8), -30.0)
+        logits[..., 1] = 30.0
+        return logits
+
+    sampler = ddkit.build("sampler", "semi_ar", block_length=4, eos_id=0, entropy_stop=0.5, entropy_window=8,
+                          sampler={"name": "ancestral", "steps": 4})
+    out = sampler.sample(constant, process, num_samples=2, length=24, generator=torch.Generator().manual_seed(0))
+    assert out.tokens.tolist() == [[0] * 24] * 2  # the window of 8 ones is cut, the rest is the end token
+    assert out.steps == 2 * 4  # stopped after the second block
+    varied = sampler.sample(lambda x, t: torch.zeros(*x.shape, 8), process, num_samples=2, length=24,
+                            generator=torch.Generator().manual_seed(0))
+    assert bool((varied.tokens[:, :16] != 0).any())
+    with pytest.raises(ValueError, match="needs|eos_id"):
+        ddkit.build("sampler", "semi_ar", entropy_stop=1.0)

@@ -21,6 +21,12 @@ The sequence is split into blocks of ``block_length`` :math:`L'` positions. Atte
 * the KV cache — :meth:`BlockDiT.begin`, :meth:`BlockDiT.extend` (logits of a new block that
   attends to the cache and to itself) and :meth:`BlockDiT.commit` (append a clean block's
   keys and values): sampling one block costs :math:`L'` tokens per call instead of :math:`N`.
+  With ``begin(batch, context=W)`` the cache is a sliding window: a block sees at most the
+  :math:`W - L'` most recent committed positions, numbered from 0 at the window's start (the
+  keys are kept before RoPE and rotated again when the window moves); sequences can then be
+  longer than ``max_seq_len``. The cached states of a committed block stay those computed
+  from the window it was committed in (as in BD3-LM), so only a one-layer model gives
+  exactly the plain forward on the :math:`W` positions alone.
 
 With :math:`L' = 1` this is a causal (autoregressive) transformer: position :math:`n` sees
 positions :math:`\le n`, itself masked while it is predicted. Declared capabilities:
@@ -64,11 +70,14 @@ def two_stream_mask(length: int, block_length: int, device: torch.device | str |
 @dataclass
 class KVCache:
     """Keys and values of the committed positions, per layer (``[B, H, n, D]``, after RoPE),
-    and how many positions they cover."""
+    and how many positions they cover. With a ``context`` window, also the keys before RoPE
+    (``raw_keys``), to rotate them again when the window moves."""
 
     keys: list[Tensor]
     values: list[Tensor]
     length: int = 0
+    context: int | None = None
+    raw_keys: list[Tensor] | None = None
 
 
 class BlockDiT(DiT):
@@ -101,11 +110,16 @@ class BlockDiT(DiT):
         h = self._run(self.embed(torch.cat([x_t, x0], dim=1)), positions, mask)
         return self.head(self.norm(h[:, :N]))
 
-    def begin(self, batch: int) -> KVCache:
-        """An empty cache for ``batch`` sequences."""
+    def begin(self, batch: int, context: int | None = None) -> KVCache:
+        """An empty cache for ``batch`` sequences; ``context``: the window (module docstring)."""
+        if context is not None and not self.block_length <= context <= self.max_seq_len:
+            raise ValueError(f"context must be between block_length {self.block_length} and max_seq_len "
+                             f"{self.max_seq_len}, got {context}")
         W, H = self.embed.embedding_dim, self.blocks[0].heads
         empty = self.embed.weight.new_zeros(batch, H, 0, W // H)
-        return KVCache([empty] * len(self.blocks), [empty] * len(self.blocks))
+        layers = len(self.blocks)
+        return KVCache([empty] * layers, [empty] * layers, context=context,
+                       raw_keys=None if context is None else [empty] * layers)
 
     def extend(self, cache: KVCache, x_block: Tensor) -> Tensor:
         """Logits ``[B, L, V]`` of the positions ``cache.length ..`` holding ``x_block``
@@ -126,11 +140,14 @@ class BlockDiT(DiT):
             raise ValueError(f"sequence length {N} exceeds the model's max_seq_len {self.max_seq_len}")
         return N
 
-    def _qkv(self, block, h: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _qkv(self, block, h: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Queries and keys after RoPE, values, and the keys before RoPE."""
         B, n, W = h.shape
         q, k, v = block.qkv(block.norm1(h)).view(B, n, 3, block.heads, W // block.heads).permute(2, 0, 3, 1, 4)
-        cos, sin = self.rope_cos[positions], self.rope_sin[positions]
-        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
+        return self._rotate(q, positions), self._rotate(k, positions), v, k
+
+    def _rotate(self, x: Tensor, positions: Tensor) -> Tensor:
+        return apply_rotary(x, self.rope_cos[positions], self.rope_sin[positions])
 
     def _finish(self, block, h: Tensor, a: Tensor) -> Tensor:
         B, n, W = h.shape
@@ -139,28 +156,43 @@ class BlockDiT(DiT):
 
     def _run(self, h: Tensor, positions: Tensor, mask: Tensor) -> Tensor:
         for block in self.blocks:
-            q, k, v = self._qkv(block, h, positions)
+            q, k, v, _ = self._qkv(block, h, positions)
             a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                                dropout_p=block.dropout if self.training else 0.0)
             h = self._finish(block, h, a)
         return h
 
     def _cached(self, cache: KVCache, x_block: Tensor, *, store: bool) -> Tensor:
-        start, L = cache.length, x_block.shape[1]
+        L = x_block.shape[1]
+        if cache.context is not None and cache.length + L > cache.context:
+            self._slide(cache, cache.length + L - cache.context)
+        start = cache.length
         if start + L > self.max_seq_len:
             raise ValueError(f"sequence length {start + L} exceeds the model's max_seq_len {self.max_seq_len}")
         positions = torch.arange(start, start + L, device=x_block.device)
         h = self.embed(x_block)
         for i, block in enumerate(self.blocks):
-            q, k, v = self._qkv(block, h, positions)
+            q, k, v, raw = self._qkv(block, h, positions)
             keys, values = torch.cat([cache.keys[i], k], dim=2), torch.cat([cache.values[i], v], dim=2)
             if store:
                 cache.keys[i], cache.values[i] = keys, values
+                if cache.raw_keys is not None:
+                    cache.raw_keys[i] = torch.cat([cache.raw_keys[i], raw], dim=2)
             # the block sees every cached position and all of itself: no mask
             h = self._finish(block, h, F.scaled_dot_product_attention(q, keys, values))
         if store:
             cache.length += L
         return h
+
+    def _slide(self, cache: KVCache, drop: int) -> None:
+        """Forget the ``drop`` oldest positions and number the rest from 0 again."""
+        kept = cache.length - drop
+        positions = torch.arange(kept, device=self.rope_cos.device)
+        for i in range(len(self.blocks)):
+            cache.raw_keys[i] = cache.raw_keys[i][:, :, drop:]
+            cache.values[i] = cache.values[i][:, :, drop:]
+            cache.keys[i] = self._rotate(cache.raw_keys[i], positions)
+        cache.length = kept
 
 
 @ddkit.hookimpl

@@ -69,7 +69,10 @@ class CausalDiT(BlockDiT):
             raise ValueError(f"x0 {tuple(x0.shape)} and x_t {tuple(x_t.shape)} must have the same shape")
         return self.forward(x0, None)
 
-    def begin(self, batch: int) -> ShiftedKVCache:
+    def begin(self, batch: int, context: int | None = None) -> ShiftedKVCache:
+        if context is not None:
+            raise ValueError("causal_dit has no context window (its first input in a window would be the token "
+                             "before it, which the plain forward cannot see); use block_dit with block_length 1")
         cache = super().begin(batch)
         start = torch.full((batch, 1), self.start_token, dtype=torch.long, device=self.embed.weight.device)
         return ShiftedKVCache(cache.keys, cache.values, cache.length, last=start)

@@ -24,6 +24,18 @@ infill template). The NFE of all blocks adds up, the trajectory records every in
   autoregressive sampling, with the inner sampler's temperature, top-k and top-p.
 * ``eos_id``: once a sequence has generated that token, its remaining free positions are
   set to it and it takes no part in later blocks; sampling stops when every sequence has one.
+* ``entropy_stop`` (nats, with ``eos_id``): BD3-LM's stop for degenerate text. After each
+  block, a sequence with at least ``entropy_window`` generated positions whose last
+  ``entropy_window`` tokens have a unigram entropy below ``entropy_stop`` ends: those tokens
+  and its remaining free positions become ``eos_id``.
+* ``context``: the denoiser sees at most this many positions, ending at the current block
+  (the committed tokens before it and the block; later positions are left out), numbered
+  from 0 at the window's start, so a sequence can be longer than the model's
+  ``max_seq_len``. With ``kv_cache`` the cache slides over the same window (the model's
+  ``begin(batch, context)``) but keeps each committed block's keys and values as they were
+  computed, from the window it was committed in (BD3-LM's sliding cache); without it the
+  window is encoded afresh for every call. The two agree for a one-layer model only. For a
+  block-causal model it must be a multiple of ``block_length``.
 
 Example (YAML): ``sampler: {name: semi_ar, block_length: 16, sampler: {name: ancestral,
 steps: 16, rule: low_confidence}}``.
@@ -46,7 +58,13 @@ class SemiAutoregressiveSampler(ddkit.Sampler):
     def __init__(self, block_length: Annotated[int, Field(ge=1)] = 32,
                  sampler: SamplerSpec = {"name": "ancestral", "steps": 32},  # noqa: B006 - never mutated
                  kv_cache: bool = False,
-                 eos_id: Annotated[int | None, Field(ge=0)] = None):
+                 eos_id: Annotated[int | None, Field(ge=0)] = None,
+                 entropy_stop: Annotated[float | None, Field(
+                     gt=0, description="end a sequence whose last entropy_window tokens have a lower unigram "
+                                       "entropy (nats); needs eos_id")] = None,
+                 entropy_window: Annotated[int, Field(ge=1)] = 256,
+                 context: Annotated[int | None, Field(
+                     ge=1, description="positions the denoiser sees, ending at the current block")] = None):
         self.block_length = int(block_length)
         self.inner = ddkit.build("sampler", sampler)
         if type(self.inner).sample is not ddkit.Sampler.sample:
@@ -54,6 +72,12 @@ class SemiAutoregressiveSampler(ddkit.Sampler):
                              f"overrides sample()")
         self.kv_cache = bool(kv_cache)
         self.eos_id = eos_id
+        if entropy_stop is not None and eos_id is None:
+            raise ValueError(f"entropy_stop {entropy_stop} ends a sequence with eos_id, which is not given")
+        self.entropy_stop, self.entropy_window = entropy_stop, int(entropy_window)
+        if context is not None and context < self.block_length:
+            raise ValueError(f"context {context} is shorter than block_length {self.block_length}")
+        self.context = context
         self.parameterization = self.inner.parameterization
         self.cache_outputs = self.inner.cache_outputs
 
@@ -71,6 +95,14 @@ class SemiAutoregressiveSampler(ddkit.Sampler):
         if block_causal and model.block_length != self.block_length:
             raise ValueError(f"the model's block_length {model.block_length} differs from the sampler's "
                              f"{self.block_length}")
+        if self.context is not None:
+            if block_causal and self.context % self.block_length:
+                raise ValueError(f"context {self.context} is not a multiple of block_length {self.block_length}")
+            max_len = getattr(model, "max_seq_len", None)
+            if max_len is not None and self.context > max_len:
+                raise ValueError(f"context {self.context} is above the model's max_seq_len {max_len}")
+            if self.kv_cache:
+                model.begin(1, context=self.context)  # a model without a context window says so here
 
     def run(self, state):
         x, fixed, mask_id, L = state.x, state.fixed, state.process.mask_id, self.block_length
@@ -84,7 +116,7 @@ class SemiAutoregressiveSampler(ddkit.Sampler):
         if getattr(model, "block_causal", False):
             first -= first % L  # the model's blocks
         if self.kv_cache:
-            cache, committed, commits = model.begin(B), 0, 0
+            cache, committed, commits = model.begin(B, **({} if self.context is None else {"context": self.context})), 0, 0
         done = torch.zeros(B, dtype=torch.bool, device=x.device)
         for start in range(first, N, L):
             end = min(start + L, N)
@@ -94,7 +126,7 @@ class SemiAutoregressiveSampler(ddkit.Sampler):
                     committed, commits = committed + L, commits + 1
                 view = self._cached_view(model, cache)
             else:
-                view = self._full_view(model, x, start, end)
+                view = self._full_view(model, x, start, end, self.context)
             for capability in ("evaluations_per_call", "hollow"):  # the view is the model over one block
                 if hasattr(model, capability):
                     setattr(view, capability, getattr(model, capability))
@@ -110,6 +142,8 @@ class SemiAutoregressiveSampler(ddkit.Sampler):
             state.calls.nfe += calls.nfe
             state.step += inner.step
             state.t = inner.t
+            if self.entropy_stop is not None and end - first >= self.entropy_window:
+                x, done = self._entropy_stop(x, fixed, done, end)
             if self.eos_id is not None:
                 done = done | ((x == self.eos_id) & ~fixed).any(-1)
                 x = torch.where(done[:, None] & ~fixed & (x == mask_id), self.eos_id, x)
@@ -119,10 +153,33 @@ class SemiAutoregressiveSampler(ddkit.Sampler):
         if self.kv_cache:
             state.info["commit_passes"] = commits
 
+    def _entropy_stop(self, x, fixed, done, end):
+        """Sequences whose last ``entropy_window`` tokens before ``end`` are degenerate end there."""
+        window = x[:, end - self.entropy_window:end]
+        counts = torch.zeros(x.shape[0], int(x.max()) + 1, dtype=torch.float64, device=x.device)
+        counts.scatter_add_(1, window, torch.ones_like(window, dtype=torch.float64))
+        p = counts / self.entropy_window
+        entropy = -(p * p.clamp_min(1e-300).log()).sum(-1)
+        stop = (entropy < self.entropy_stop) & ~done
+        if bool(stop.any()):
+            tail = torch.zeros_like(fixed)
+            tail[:, end - self.entropy_window:] = True
+            x = torch.where(stop[:, None] & tail & ~fixed, self.eos_id, x)
+        return x, done | stop
+
     @staticmethod
-    def _full_view(model, x, start, end):
+    def _full_view(model, x, start, end, context=None):
         """The block's logits from a call on the whole sequence: committed blocks before it,
-        the sequence as it stands after it."""
+        the sequence as it stands after it; with a ``context``, the ``context`` positions
+        ending at the block only."""
+        if context is not None:
+            low = max(0, end - context)
+
+            def windowed(x_block, t):
+                return model(torch.cat([x[:, low:start], x_block], dim=1), t)[:, start - low:]
+
+            return windowed
+
         def view(x_block, t):
             return model(torch.cat([x[:, :start], x_block, x[:, end:]], dim=1), t)[:, start:end]
 
