@@ -57,6 +57,8 @@ CONFIGS = [
     Config("bd3-4", "pipelines/bd3.yaml", note="block diffusion, L'=4"),
     Config("bd3-16", "pipelines/bd3.yaml",
            ("model.block_length=16", "sampler.sampler.steps=16"), note="block diffusion, L'=16", cost_of="bd3-4"),
+    Config("bd3-4-search", "pipelines/bd3.yaml", ("loss.clip=search",),
+           note="block diffusion, L'=4, clipped mask rates chosen by the variance search", cost_of="bd3-4"),
     Config("bd3-1", "pipelines/bd3.yaml", ("model.block_length=1", "sampler.sampler.steps=1"),
            note="block diffusion, L'=1 (two-stream pass over 2N tokens)", cost_of="bd3-4"),
     # ablations of the masked model, one lever each
