@@ -32,6 +32,10 @@ class FirstHittingSampler(TokenSampler):
 
     def start(self, state):
         schedule = state.process.schedule
+        if schedule.vector_size is not None:
+            raise ValueError(f"first_hitting is not defined for a vector schedule ({type(schedule).__name__}: one "
+                             f"alpha_t per token type): the time of the next unmasking would depend on the token "
+                             f"not yet drawn; use ancestral")
         if not schedule.invertible:
             raise ValueError(f"first_hitting needs an invertible schedule; {type(schedule).__name__} is not")
 
