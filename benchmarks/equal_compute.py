@@ -51,8 +51,13 @@ class Config:
     cost_of: str | None = None
 
 
+#: the quickstart before the changes this comparison led to (one mask per sequence, 32
+#: sequences, ancestral sampling): the masked runs below are this plus their own overrides
+BEFORE = ("loss.complementary_masks=false", "train.batch_size=32",
+          "sampler={name: ancestral, steps: 64, temperature: 0.3, top_p: 0.9}")
+
 CONFIGS = [
-    Config("masked", "pipelines/quickstart.yaml", note="the quickstart"),
+    Config("masked", "pipelines/quickstart.yaml", BEFORE, note="the quickstart before this comparison"),
     Config("ar", "pipelines/ar.yaml", note="causal transformer, exact NLL"),
     Config("bd3-4", "pipelines/bd3.yaml", note="block diffusion, L'=4"),
     Config("bd3-16", "pipelines/bd3.yaml",
@@ -62,22 +67,22 @@ CONFIGS = [
     Config("bd3-1", "pipelines/bd3.yaml", ("model.block_length=1", "sampler.sampler.steps=1"),
            note="block diffusion, L'=1 (two-stream pass over 2N tokens)", cost_of="bd3-4"),
     # ablations of the masked model, one lever each
-    Config("masked-lr1e-2", "pipelines/quickstart.yaml", ("train.lr=1.0e-2",), cost_of="masked"),
-    Config("masked-lr2.5e-3", "pipelines/quickstart.yaml", ("train.lr=2.5e-3",), cost_of="masked"),
-    Config("masked-iid", "pipelines/quickstart.yaml", ("loss.time_sampling=iid",), cost_of="masked"),
-    Config("masked-cosine", "pipelines/quickstart.yaml", ("process.schedule=cosine",), cost_of="masked"),
-    Config("masked-timecond", "pipelines/quickstart.yaml", ("model.time_conditioning=true", "parameterization.time_conditioning=true")),
-    Config("masked-batch64", "pipelines/quickstart.yaml", ("train.batch_size=64",)),
-    Config("masked-batch16", "pipelines/quickstart.yaml", ("train.batch_size=16",)),
-    Config("masked-w96d3", "pipelines/quickstart.yaml", ("model.width=96", "model.depth=3")),
-    Config("masked-w48d6", "pipelines/quickstart.yaml", ("model.width=48", "model.depth=6")),
-    Config("masked-ema0.999", "pipelines/quickstart.yaml", ("train.ema_decay=0.999",), cost_of="masked"),
+    Config("masked-lr1e-2", "pipelines/quickstart.yaml", (*BEFORE, "train.lr=1.0e-2",), cost_of="masked"),
+    Config("masked-lr2.5e-3", "pipelines/quickstart.yaml", (*BEFORE, "train.lr=2.5e-3",), cost_of="masked"),
+    Config("masked-iid", "pipelines/quickstart.yaml", (*BEFORE, "loss.time_sampling=iid",), cost_of="masked"),
+    Config("masked-cosine", "pipelines/quickstart.yaml", (*BEFORE, "process.schedule=cosine",), cost_of="masked"),
+    Config("masked-timecond", "pipelines/quickstart.yaml", (*BEFORE, "model.time_conditioning=true", "parameterization.time_conditioning=true")),
+    Config("masked-batch64", "pipelines/quickstart.yaml", (*BEFORE, "train.batch_size=64",)),
+    Config("masked-batch16", "pipelines/quickstart.yaml", (*BEFORE, "train.batch_size=16",)),
+    Config("masked-w96d3", "pipelines/quickstart.yaml", (*BEFORE, "model.width=96", "model.depth=3")),
+    Config("masked-w48d6", "pipelines/quickstart.yaml", (*BEFORE, "model.width=48", "model.depth=6")),
+    Config("masked-ema0.999", "pipelines/quickstart.yaml", (*BEFORE, "train.ema_decay=0.999",), cost_of="masked"),
     Config("masked-clip", "pipelines/quickstart.yaml",
-           ("loss={name: block_elbo, block_length: 64, clip: [0.3, 0.8]}",),
+           (*BEFORE[1:], "loss={name: block_elbo, block_length: 64, clip: [0.3, 0.8]}"),
            note="BD3-LM's clipped mask rates with one block of N", cost_of="masked"),
     Config("genmd4", "pipelines/genmd4.yaml", note="learned per-character schedule, 2 draws"),
     Config("masked-complementary", "pipelines/quickstart.yaml",
-           ("loss.complementary_masks=true", "train.batch_size=16"),
+           (*BEFORE, "loss.complementary_masks=true", "train.batch_size=16"),
            note="16 sequences, each with two complementary masks (32 rows)", cost_of="masked"),
 ]
 BY_NAME = {c.name: c for c in CONFIGS}

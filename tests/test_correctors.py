@@ -16,7 +16,7 @@ import ddkit
 from ddkit.plugins.correctors.dfm import euler_step_probs
 from ddkit.plugins.correctors.forward_backward import corrector_rates, exponential_step_probs, masked_rates
 from ddkit.testing import MarkovChain, OracleDenoiser
-from ddkit.testing.leave_one_out import LeaveOneOutOracle
+from ddkit.testing import LeaveOneOutOracle
 from ddkit.testing.oracles import all_sequences, sequence_ids
 from ddkit.testing.stats import empirical_distribution, total_variation, tv_bound
 

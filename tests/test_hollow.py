@@ -13,7 +13,7 @@ import ddkit
 from ddkit.contrib.models.dit import DiT
 from ddkit.contrib.models.hollow import HollowTransformer
 from ddkit.testing import MarkovChain
-from ddkit.testing.leave_one_out import LeaveOneOutOracle
+from ddkit.testing import LeaveOneOutOracle
 from pipeline_helpers import ROOT, TINY, invoke
 
 HOLLOW = str(ROOT / "pipelines" / "hollow.yaml")

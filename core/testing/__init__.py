@@ -14,7 +14,8 @@ A third-party schedule, process or sampler is checked with one call::
   ``pytest_plugins = ["ddkit.testing.pytest_plugin"]``) adds a marker and fixtures;
 * :class:`MarkovChain`, :class:`HiddenMarkovModel` — data with exact log-probabilities and
   entropies; :class:`OracleDenoiser` — the exact optimal denoiser for such data under any
-  per-token process (:mod:`ddkit.testing.oracles`);
+  per-token process (:mod:`ddkit.testing.oracles`); :class:`LeaveOneOutOracle` — the exact
+  hollow conditionals :math:`p(x^d \mid x_t^{-d})` for the informed corrector;
 * :mod:`ddkit.testing.stats` — distances and non-asymptotic sampling bounds;
 * :mod:`ddkit.testing.strategies` — hypothesis strategies (needs ``hypothesis``, the
   ``test`` extra; import it explicitly).
@@ -39,6 +40,7 @@ from .checks import (
     yield_sampler_checks,
     yield_schedule_checks,
 )
+from .leave_one_out import LeaveOneOutOracle
 from .oracles import HiddenMarkovModel, MarkovChain, OracleDenoiser, SequenceDistribution
 
 __all__ = [
@@ -48,6 +50,7 @@ __all__ = [
     "CheckResult",
     "ConformanceError",
     "HiddenMarkovModel",
+    "LeaveOneOutOracle",
     "MarkovChain",
     "OracleDenoiser",
     "SequenceDistribution",
