@@ -172,6 +172,36 @@ def sample_metrics(run_dir: Path, judge_dir: Path | None, samples: int) -> dict:
     return out
 
 
+def decoder_sweep(run_dir: Path, judge_dir: Path, samples: int, seeds: list[int]) -> list[dict]:
+    """Words found, judge perplexity and entropy of ``ancestral`` (64 steps, top-p 0.9) with the
+    posterior and the low-confidence rule at temperatures 0.3, 0.6 and 1.0, per sampling seed."""
+    from ddkit.contrib.judge import judge_texts
+    from ddkit.contrib.runner import load_run, make_sampler, reference_text, sample_pipeline, word_check
+
+    pipeline, _ = load_run(run_dir, load_data=True, device="cpu")
+    judge, _ = load_run(judge_dir, load_data=True, device="cpu")
+    reference = reference_text(pipeline)
+    held_out = [judge.tokenizer.decode(c) for c in judge.data["validation"].chunks(64)[:samples]]
+    rows = []
+    for rule in ("posterior", "low_confidence"):
+        for temperature in (0.3, 0.6, 1.0):
+            for seed in seeds:
+                sampler, spec = make_sampler(pipeline, "ancestral", [f"rule={rule}", f"temperature={temperature}",
+                                                                     "top_p=0.9", "steps=64"])
+                drawn = sample_pipeline(pipeline, sampler=sampler, sampler_spec=spec, num_samples=samples,
+                                        seed=seed, show=False)
+                judged = judge_texts(judge, drawn.texts, reference=held_out)
+                rows.append({"rule": rule, "temperature": temperature, "seed": seed,
+                             "words_found": word_check(drawn.texts, reference)["fraction"],
+                             "gen_ppl": judged["samples"]["gen_perplexity"],
+                             "entropy": judged["samples"]["unigram_entropy"],
+                             "data_gen_ppl": judged["reference"]["gen_perplexity"],
+                             "data_entropy": judged["reference"]["unigram_entropy"]})
+                print(rule, temperature, seed, *(f"{rows[-1][k]:.3f}" for k in ("words_found", "gen_ppl", "entropy")),
+                      flush=True)
+    return rows
+
+
 def result_of(run_dir: Path) -> dict:
     evaluation = json.loads((run_dir / "eval.json").read_text())
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -220,7 +250,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--judge", default="ar", help="configuration whose seed-0 run judges the samples")
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--out", type=Path, help="folder for summary.json and table.md")
+    parser.add_argument("--decoder-sweep", metavar="CONFIG",
+                        help="instead: the decoders on CONFIG's seed-0 run (to --out as decoders.json)")
     args = parser.parse_args(argv)
+
+    if args.decoder_sweep:
+        rows = decoder_sweep(args.runs / f"{args.decoder_sweep}-s0", args.runs / f"{args.judge}-s0", args.samples,
+                             args.seeds)
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "decoders.json").write_text(json.dumps({"command": shlex.join(sys.argv), "rows": rows},
+                                                               indent=1))
+        return
 
     configs = [BY_NAME[n] for n in (args.only or BY_NAME)]
     args.runs.mkdir(parents=True, exist_ok=True)
