@@ -64,6 +64,8 @@ CONFIGS = [
            ("model.block_length=16", "sampler.sampler.steps=16"), note="block diffusion, L'=16", cost_of="bd3-4"),
     Config("bd3-4-search", "pipelines/bd3.yaml", ("loss.clip=search",),
            note="block diffusion, L'=4, clipped mask rates chosen by the variance search", cost_of="bd3-4"),
+    Config("bd3-4-complementary", "pipelines/bd3.yaml", ("loss.complementary_masks=true", "train.batch_size=16"),
+           note="block diffusion, L'=4, 16 sequences with two complementary masks each", cost_of="bd3-4"),
     Config("bd3-1", "pipelines/bd3.yaml", ("model.block_length=1", "sampler.sampler.steps=1"),
            note="block diffusion, L'=1 (two-stream pass over 2N tokens)", cost_of="bd3-4"),
     # ablations of the masked model, one lever each

@@ -307,3 +307,35 @@ def test_entropy_stop_ends_degenerate_sequences_with_the_end_token():
     assert bool((varied.tokens[:, :16] != 0).any())
     with pytest.raises(ValueError, match="needs|eos_id"):
         ddkit.build("sampler", "semi_ar", entropy_stop=1.0)
+
+
+def test_complementary_masks_with_one_block_are_continuous_elbos_and_evaluation_is_plain():
+    net = model(8)
+    process = masked("cosine")
+    x0 = torch.randint(0, V, (6, 8), generator=torch.Generator().manual_seed(2))
+    block = ddkit.build("loss", "block_elbo", process=process, block_length=8, complementary_masks=True)
+    plain = ddkit.build("loss", "continuous_elbo", process=process, complementary_masks=True)
+    a = block(net, x0, generator=torch.Generator().manual_seed(5))
+    b = plain(net, x0, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(a.nats, b.nats.to(a.nats.dtype), rtol=0, atol=1e-10)
+    assert not block.evaluation().complementary_masks
+    with pytest.raises(ValueError, match="full range"):
+        ddkit.build("loss", "block_elbo", process=process, block_length=4, clip=[0.3, 0.8], complementary_masks=True)
+
+
+def test_complementary_masks_are_complements_within_every_block():
+    net = model(4)
+    process = masked()
+    seen = []
+    original = net.two_stream
+
+    def spy(x_t, x0):
+        seen.append(x_t.clone())
+        return original(x_t, x0)
+
+    net.two_stream = spy
+    x0 = torch.randint(0, V, (5, 8), generator=torch.Generator().manual_seed(0))
+    out = ddkit.build("loss", "block_elbo", process=process, block_length=4, complementary_masks=True)(
+        net, x0, generator=torch.Generator().manual_seed(1))
+    first, second = seen[0].chunk(2)
+    assert out.nats.shape == (5, 8) and torch.equal((first == V) ^ (second == V), torch.ones_like(x0, dtype=torch.bool))

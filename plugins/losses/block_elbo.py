@@ -30,6 +30,11 @@ no count is refused. The weight stays :math:`-\alpha'_t/(1-\alpha_t)` (times 1, 
 masked, weight 1) is exactly the autoregressive cross-entropy; with :math:`L' = 1` it is what
 :meth:`BlockELBO.evaluation` uses, since it is then the exact negative log-likelihood.
 
+``complementary_masks`` (full range only) noises each sequence twice, block by block, with
+complementary masks and importance-weights the second copy, exactly as ``continuous_elbo``'s
+option of that name (with :math:`L' = N` the two give the same value for the same draws);
+for training: :meth:`BlockELBO.evaluation` is the plain estimator.
+
 ``clip: search`` chooses the interval at each validation (:meth:`BlockELBO.after_validation`):
 over BD3-LM's grid of candidates (:meth:`BlockELBO.candidate_intervals`) the one whose
 per-block NELBO has the least variance on the validation batches
@@ -73,7 +78,9 @@ class BlockELBO(ddkit.Loss):
                  parameterization: Component("parameterization") = "mean",
                  time_sampling: TimeSampling = "antithetic",
                  t_min: Annotated[float, Field(ge=0.0, lt=1.0)] = 1e-4,
-                 clip: ClipInterval = None):
+                 clip: ClipInterval = None,
+                 complementary_masks: Annotated[bool, Field(
+                     description="noise each sequence twice with complementary masks (training)")] = False):
         super().__init__()
         if "absorbing" not in process.capabilities:
             raise ValueError(f"block_elbo needs a masked (absorbing) process; {type(process).__name__} is not")
@@ -88,6 +95,12 @@ class BlockELBO(ddkit.Loss):
         if (fixed is not None or self.search) and fixed != (1.0, 1.0) and not process.schedule.invertible:
             raise ValueError(f"clip draws mask rates and needs the schedule's inverse; "
                              f"{type(process.schedule).__name__} has none")
+        self.complementary_masks = bool(complementary_masks)
+        if self.complementary_masks and (fixed is not None or self.search):
+            raise ValueError(f"complementary_masks works on the full range; clip {clip} draws its own masks")
+        if self.complementary_masks and (process.schedule.vector_size is not None or not process.schedule.invertible):
+            raise ValueError(f"complementary_masks needs a scalar schedule with an inverse; "
+                             f"{type(process.schedule).__name__} is not one")
         # the interval in use, saved and restored with the loss's state (the search's choice)
         self.register_buffer("clip_bounds", torch.tensor(fixed or (math.nan, math.nan), dtype=torch.float64))
 
@@ -168,6 +181,8 @@ class BlockELBO(ddkit.Loss):
         if N % L:
             raise ValueError(f"sequence length {N} is not a multiple of block_length {L}")
         blocks = N // L
+        if self.complementary_masks:
+            return self._complementary(denoiser, x0, blocks, generator)
         t_blocks, x_t = self._noise(x0, blocks, generator)
         t = t_blocks.repeat_interleave(L, dim=1)
         log_mean = self.block_log_mean(denoiser, x0, x_t, t)
@@ -178,6 +193,26 @@ class BlockELBO(ddkit.Loss):
             if self.clip is None:
                 nats = (1.0 - self.t_min) * nats
         return ddkit.LossOutput(nats=nats, t=t_blocks, bound=self.clip is None or self.autoregressive)
+
+    def _complementary(self, denoiser: ddkit.Denoiser, x0: Tensor, blocks: int,
+                       generator: torch.Generator | None) -> ddkit.LossOutput:
+        """Two copies with complementary masks per block (module docstring), in one call."""
+        B, L, schedule, mask_id = x0.shape[0], self.block_length, self.process.schedule, self.process.mask_id
+        t_blocks = ddkit.sample_times(B * blocks, method=self.time_sampling, t_min=self.t_min, generator=generator,
+                                      device=x0.device).view(B, blocks)
+        alpha = schedule.alpha(t_blocks)
+        # t' = 0 only when t = 1 exactly: kept above 0 so that its (empty) term stays finite
+        t_other = schedule.inverse(1.0 - alpha).clamp(1e-12, 1.0)
+        density_ratio = schedule.alpha_prime(t_blocks) / schedule.alpha_prime(t_other).clamp_max(-1e-300)
+        u = torch.rand(x0.shape, generator=generator, dtype=torch.float64, device=x0.device)
+        kept = u < alpha.repeat_interleave(L, dim=1)
+        x_t = torch.cat([x0.masked_fill(~kept, mask_id), x0.masked_fill(kept, mask_id)])
+        x0_both = torch.cat([x0, x0])
+        t = torch.cat([t_blocks, t_other]).repeat_interleave(L, dim=1)
+        nats = self.process.continuous_elbo(x0_both, x_t, self.block_log_mean(denoiser, x0_both, x_t, t), t)
+        first, second = nats.chunk(2)
+        second = second * density_ratio.repeat_interleave(L, dim=1).to(second.dtype)
+        return ddkit.LossOutput(nats=(1.0 - self.t_min) * 0.5 * (first + second), t=t_blocks, bound=True)
 
     def block_log_mean(self, denoiser: ddkit.Denoiser, x0: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
         r""":math:`\log \mu_\theta` of every position given its noisy block and the clean
