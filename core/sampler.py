@@ -235,6 +235,11 @@ class Corrector:
         """Update ``state.x`` (and whatever else it keeps) at time ``state.t``."""
         raise NotImplementedError
 
+    def check_model(self, model: Any) -> None:
+        """Raise ``ValueError`` if this corrector cannot work with ``model`` (e.g. a capability
+        it needs and the model does not declare); its sampler's :meth:`Sampler.check_model`
+        calls it before any step. By default every model is accepted."""
+
 
 class UnmaskingRule:
     r"""For an absorbing process, one grid step :math:`t \to s` of a masked sampler: which
@@ -289,6 +294,7 @@ class Sampler:
         ``parameterization`` (a built object) overrides the sampler's own, e.g. the one a
         pipeline trained its model with."""
         self.check_process(process)
+        self.check_model(denoiser)
         parameterization = parameterization or self.parameterization or build("parameterization", "mean")
         x, fixed = self.initial_state(process, num_samples=num_samples, length=length,
                                       prompt=prompt, generator=generator, device=device)
@@ -345,7 +351,10 @@ class Sampler:
     def check_model(self, model: Any) -> None:
         """Raise ``ValueError`` if this sampler cannot sample ``model`` (a capability the model
         does not declare, a block length that differs); pipelines call it when they are built,
-        before any training. By default every model is accepted."""
+        before any training, and :meth:`sample` before the walk. By default it asks the
+        corrector (:meth:`Corrector.check_model`)."""
+        if self.corrector is not None:
+            self.corrector.check_model(model)
 
     @classmethod
     def takes_parameterization(cls) -> bool:

@@ -15,8 +15,7 @@ import torch
 import ddkit
 from ddkit.plugins.correctors.dfm import euler_step_probs
 from ddkit.plugins.correctors.forward_backward import corrector_rates, exponential_step_probs, masked_rates
-from ddkit.testing import MarkovChain, OracleDenoiser
-from ddkit.testing import LeaveOneOutOracle
+from ddkit.testing import LeaveOneOutOracle, MarkovChain, OracleDenoiser
 from ddkit.testing.oracles import all_sequences, sequence_ids
 from ddkit.testing.stats import empirical_distribution, total_variation, tv_bound
 
@@ -402,3 +401,15 @@ def test_corrector_samples_are_identical_on_every_kernel_backend(corrector):
         runs.append(sampler.sample(RandomLogits(), process, num_samples=16, length=32,
                                    generator=torch.Generator().manual_seed(1)))
     assert torch.equal(runs[0].tokens, runs[1].tokens) and runs[0].nfe == runs[1].nfe > 16
+
+
+def test_a_pipeline_with_the_informed_corrector_and_a_model_that_is_not_hollow_is_refused_before_training():
+    from pipeline_helpers import ROOT, invoke
+
+    result = invoke("config", "validate", ROOT / "pipelines" / "quickstart.yaml",
+                    "sampler={name: ancestral, steps: 8, corrector: {name: informed}}")
+    assert result.exit_code != 0 and "sampler: the informed corrector needs a hollow denoiser" in result.output
+    inside_blocks = invoke("config", "validate", ROOT / "pipelines" / "quickstart.yaml",
+                           "sampler={name: semi_ar, block_length: 16, sampler: "
+                           "{name: ancestral, steps: 4, corrector: {name: informed}}}")
+    assert inside_blocks.exit_code != 0 and "needs a hollow denoiser" in inside_blocks.output

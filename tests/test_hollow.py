@@ -12,8 +12,7 @@ from hypothesis import strategies as st
 import ddkit
 from ddkit.contrib.models.dit import DiT
 from ddkit.contrib.models.hollow import HollowTransformer
-from ddkit.testing import MarkovChain
-from ddkit.testing import LeaveOneOutOracle
+from ddkit.testing import LeaveOneOutOracle, MarkovChain
 from pipeline_helpers import ROOT, TINY, invoke
 
 HOLLOW = str(ROOT / "pipelines" / "hollow.yaml")

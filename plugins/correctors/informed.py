@@ -55,16 +55,20 @@ from ddkit.sampler import Backend
 def check_hollow(state: ddkit.SamplerState) -> None:
     """A clear error unless the denoiser declares ``hollow = True`` and the parameterization
     is the mean."""
-    denoiser = state.calls.denoiser
-    if not getattr(denoiser, "hollow", False):
-        raise ValueError(
-            f"the informed corrector needs a hollow denoiser, whose output at position d does not depend on "
-            f"x^d (declared by the attribute hollow = True, e.g. model: {{name: hollow}}); "
-            f"{type(denoiser).__name__} does not declare it")
+    check_hollow_model(state.calls.denoiser)
     predicts = state.calls.parameterization.predicts
     if predicts != "mean":
         raise ValueError(f"the informed corrector reads the hollow model's conditionals through the mean "
                          f"parameterization; this one predicts {predicts!r}")
+
+
+def check_hollow_model(model) -> None:
+    """A clear error unless ``model`` declares ``hollow = True``."""
+    if not getattr(model, "hollow", False):
+        raise ValueError(
+            f"the informed corrector needs a hollow denoiser, whose output at position d does not depend on "
+            f"x^d (declared by the attribute hollow = True, e.g. model: {{name: hollow}}); "
+            f"{type(model).__name__} does not declare it")
 
 
 def token_log_probs(logits: Tensor, tokens: Tensor) -> Tensor:
@@ -98,6 +102,9 @@ class InformedCorrector(ddkit.Corrector):
 
     def __repr__(self):
         return f"InformedCorrector(k={self.k}, temperature={self.temperature}, every={self.every})"
+
+    def check_model(self, model):
+        check_hollow_model(model)
 
     def correct(self, state):
         check_hollow(state)

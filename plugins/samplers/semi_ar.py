@@ -88,6 +88,7 @@ class SemiAutoregressiveSampler(ddkit.Sampler):
             raise ValueError(f"eos_id must be a clean token id in 0..{process.vocab_size - 1}, got {self.eos_id}")
 
     def check_model(self, model):
+        self.inner.check_model(model)
         block_causal = getattr(model, "block_causal", False)
         if self.kv_cache and not (block_causal and all(hasattr(model, m) for m in ("begin", "extend", "commit"))):
             raise ValueError(f"kv_cache needs a block-causal model with a KV cache (e.g. block_dit); "
