@@ -179,6 +179,8 @@ class SamplerState:
     * ``x`` (``[B, N]``): the current tokens; ``fixed``: the prompt's positions (clean
       tokens), never changed;
     * ``t``: the current time, ``[B]`` float64 (1 at the start); ``step``: steps taken;
+      ``previous_t``: the time before the last step (``None`` before the first), so that a
+      corrector sees the predictor's step :math:`t \to s` as ``(previous_t, t)``;
     * ``process``, ``calls`` (:class:`DenoiserCalls`: ``calls.nfe`` is the NFE so far) and
       ``generator``: what a step draws with;
     * ``confidence``: optional per-position data (e.g. the probability a token had when it
@@ -197,6 +199,7 @@ class SamplerState:
     calls: DenoiserCalls
     generator: torch.Generator | None = None
     step: int = 0
+    previous_t: Tensor | None = None
     confidence: Tensor | None = None
     cache: Any = None
     scratch: dict[str, Any] = field(default_factory=dict)
@@ -313,6 +316,7 @@ class Sampler:
         autoregressive blocks) runs an inner sampler on a state of its own making."""
         self.start(state)
         while not self.finished(state):
+            state.previous_t = state.t.clone()
             self.step(state)
             state.step += 1
             corrector = self.corrector

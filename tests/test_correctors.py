@@ -186,16 +186,34 @@ def test_forward_backward_scales_the_predictor_step_and_honours_entry_time():
     result = sampler.sample(oracle, process, num_samples=4, length=N, generator=torch.Generator().manual_seed(0))
     assert result.nfe == 10 + 2 * 3  # corrections at s = 0.3, 0.2, 0.1 (none after the last step)
     state = state_at(torch.full((2, N), V), 0.5, oracle, process)
-    state.scratch["grid"], state.step = ddkit.time_grid(4), 2
+    state.previous_t = torch.full((2,), 0.75, dtype=torch.float64)  # the predictor's step 0.75 -> 0.5
     assert torch.allclose(sampler.corrector.step_length(state), torch.full((2,), 1.5 * 0.25, dtype=torch.float64))
 
 
-def test_a_corrector_scaled_by_the_predictor_step_needs_a_grid_or_a_step_size():
+def test_a_corrector_scaled_by_the_predictor_step_needs_a_step_taken_or_a_step_size():
     model, process = chain(), masked()
     state = state_at(torch.full((2, N), V), 0.5, OracleDenoiser(model, process), process)
     for name in ("forward_backward", "dfm"):
-        with pytest.raises(ValueError, match=f"the {name} corrector .* only a grid sampler .* give the corrector a step_size"):
+        with pytest.raises(ValueError, match=f"the {name} corrector .* no step was taken yet; give the corrector a "
+                                             f"step_size"):
             ddkit.build("corrector", name).correct(state)
+
+
+def test_correctors_take_the_predictor_step_from_any_sampler_first_hitting_included():
+    """first_hitting's steps differ per sequence: the corrector's time is each one's own."""
+    model, process = chain(), masked()
+    seen = []
+
+    class Spy(ddkit.Corrector):
+        def correct(self, state):
+            seen.append((state.previous_t - state.t).clone())
+
+    sampler = ddkit.build("sampler", "first_hitting")
+    sampler.corrector = Spy()
+    sampler.sample(OracleDenoiser(model, process), process, num_samples=3, length=N,
+                   generator=torch.Generator().manual_seed(0))
+    assert seen and all(bool((step > 0).all()) for step in seen)
+    assert any(len(set(step.tolist())) > 1 for step in seen)  # per-sequence steps
 
 
 def test_correctors_never_change_fixed_positions():

@@ -28,7 +28,7 @@ computed before the step), so the kernel leaves :math:`q_s` invariant up to that
 Parameters (defaults: τLDR's step multiplier; one step, at every time):
 
 * ``step_multiplier`` (1.5): :math:`h` is this times the predictor's step :math:`t - s`
-  (read from the grid of a grid sampler: ancestral, euler, analytic);
+  (``state.previous_t - state.t``: any sampler, first hitting's per-sequence steps too);
 * ``step_size``: a fixed :math:`h` instead (for samplers without a grid);
 * ``num_steps`` (1): corrector steps after each predictor step, one denoiser call each;
 * ``entry_time`` (1.0): correct only at :math:`s \le` ``entry_time`` (τLDR used 0.1 for
@@ -154,14 +154,11 @@ def masked_corrector_step(state: ddkit.SamplerState, p_unmask: Tensor, p_remask:
 
 
 def predictor_step(state: ddkit.SamplerState, corrector: str) -> Tensor:
-    """The step ``t - s`` the predictor just took, ``[B]`` float64, from the grid a grid
-    sampler keeps in ``state.scratch['grid']``."""
-    grid = state.scratch.get("grid")
-    if grid is None or not 1 <= state.step < len(grid):
-        raise ValueError(f"the {corrector} corrector scales its time by the predictor's step t - s, which only a "
-                         f"grid sampler (ancestral, euler, analytic) provides; give the corrector a step_size "
-                         f"to use it with this sampler")
-    return (grid[state.step - 1] - grid[state.step]).to(torch.float64).expand(state.x.shape[0])
+    """The step ``t - s`` the predictor just took, ``[B]`` float64 (``state.previous_t - state.t``)."""
+    if state.previous_t is None:
+        raise ValueError(f"the {corrector} corrector scales its time by the predictor's step t - s, and no step "
+                         f"was taken yet; give the corrector a step_size to use it outside a sampler's walk")
+    return (state.previous_t - state.t).to(torch.float64)
 
 
 class ForwardBackwardCorrector(ddkit.Corrector):
