@@ -54,6 +54,7 @@ from torch import Tensor
 import ddkit
 from ddkit.categorical import sample_categorical
 from ddkit.loss import TimeSampling
+from ddkit.plugins.losses.continuous_elbo import check_complementary
 from ddkit.registry import Component
 
 ClipInterval = Annotated[tuple[float, float] | Literal["search"] | None, Field(
@@ -98,9 +99,8 @@ class BlockELBO(ddkit.Loss):
         self.complementary_masks = bool(complementary_masks)
         if self.complementary_masks and (fixed is not None or self.search):
             raise ValueError(f"complementary_masks works on the full range; clip {clip} draws its own masks")
-        if self.complementary_masks and (process.schedule.vector_size is not None or not process.schedule.invertible):
-            raise ValueError(f"complementary_masks needs a scalar schedule with an inverse; "
-                             f"{type(process.schedule).__name__} is not one")
+        if self.complementary_masks:
+            check_complementary(process)
         # the interval in use, saved and restored with the loss's state (the search's choice)
         self.register_buffer("clip_bounds", torch.tensor(fixed or (math.nan, math.nan), dtype=torch.float64))
 
@@ -197,21 +197,16 @@ class BlockELBO(ddkit.Loss):
     def _complementary(self, denoiser: ddkit.Denoiser, x0: Tensor, blocks: int,
                        generator: torch.Generator | None) -> ddkit.LossOutput:
         """Two copies with complementary masks per block (module docstring), in one call."""
-        B, L, schedule, mask_id = x0.shape[0], self.block_length, self.process.schedule, self.process.mask_id
+        B, L = x0.shape[0], self.block_length
         t_blocks = ddkit.sample_times(B * blocks, method=self.time_sampling, t_min=self.t_min, generator=generator,
                                       device=x0.device).view(B, blocks)
-        alpha = schedule.alpha(t_blocks)
-        # t' = 0 only when t = 1 exactly: kept above 0 so that its (empty) term stays finite
-        t_other = schedule.inverse(1.0 - alpha).clamp(1e-12, 1.0)
-        density_ratio = schedule.alpha_prime(t_blocks) / schedule.alpha_prime(t_other).clamp_max(-1e-300)
-        u = torch.rand(x0.shape, generator=generator, dtype=torch.float64, device=x0.device)
-        kept = u < alpha.repeat_interleave(L, dim=1)
-        x_t = torch.cat([x0.masked_fill(~kept, mask_id), x0.masked_fill(kept, mask_id)])
-        x0_both = torch.cat([x0, x0])
-        t = torch.cat([t_blocks, t_other]).repeat_interleave(L, dim=1)
-        nats = self.process.continuous_elbo(x0_both, x_t, self.block_log_mean(denoiser, x0_both, x_t, t), t)
+        x_t, x_other, t_other, weight = self.process.sample_complementary(
+            x0, t_blocks.repeat_interleave(L, dim=1), generator=generator)
+        x0_both, x_both = torch.cat([x0, x0]), torch.cat([x_t, x_other])
+        t = torch.cat([t_blocks.repeat_interleave(L, dim=1), t_other])
+        nats = self.process.continuous_elbo(x0_both, x_both, self.block_log_mean(denoiser, x0_both, x_both, t), t)
         first, second = nats.chunk(2)
-        second = second * density_ratio.repeat_interleave(L, dim=1).to(second.dtype)
+        second = second * weight.to(second.dtype)
         return ddkit.LossOutput(nats=(1.0 - self.t_min) * 0.5 * (first + second), t=t_blocks, bound=True)
 
     def block_log_mean(self, denoiser: ddkit.Denoiser, x0: Tensor, x_t: Tensor, t: Tensor) -> Tensor:

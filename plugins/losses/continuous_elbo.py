@@ -45,13 +45,7 @@ class ContinuousELBO(ddkit.ContinuousTimeLoss):
         super().__init__(*args, **kwargs)
         self.complementary_masks = bool(complementary_masks)
         if self.complementary_masks:
-            schedule = self.process.schedule
-            if "absorbing" not in self.process.capabilities:
-                raise ValueError(f"complementary_masks needs a masked (absorbing) process; "
-                                 f"{type(self.process).__name__} is not")
-            if schedule.vector_size is not None or not schedule.invertible:
-                raise ValueError(f"complementary_masks needs a scalar schedule with an inverse; "
-                                 f"{type(schedule).__name__} is not one")
+            check_complementary(self.process)
 
     def integrand(self, denoiser: ddkit.Denoiser, x0: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
         log_mean = self.parameterization.log_mean(denoiser, x_t, t, self.process)
@@ -65,20 +59,24 @@ class ContinuousELBO(ddkit.ContinuousTimeLoss):
     def forward(self, denoiser: ddkit.Denoiser, x0: Tensor, generator: torch.Generator | None = None) -> ddkit.LossOutput:
         if not self.complementary_masks:
             return super().forward(denoiser, x0, generator)
-        schedule, mask_id = self.process.schedule, self.process.mask_id
         t = ddkit.sample_times(x0.shape[0], method=self.time_sampling, t_min=self.t_min, generator=generator,
                                device=x0.device)
-        alpha = schedule.alpha(t)
-        # t' = 0 only when t = 1 exactly: kept above 0 so that its (empty) term stays finite
-        t_other = schedule.inverse(1.0 - alpha).clamp(1e-12, 1.0)
-        density_ratio = schedule.alpha_prime(t) / schedule.alpha_prime(t_other).clamp_max(-1e-300)
-        u = torch.rand(x0.shape, generator=generator, dtype=torch.float64, device=x0.device)
-        kept = u < alpha[:, None]
-        both = torch.cat([x0.masked_fill(~kept, mask_id), x0.masked_fill(kept, mask_id)])
-        nats = self.integrand(denoiser, torch.cat([x0, x0]), both, torch.cat([t, t_other]))
+        x_t, x_other, t_other, weight = self.process.sample_complementary(x0, t, generator=generator)
+        nats = self.integrand(denoiser, torch.cat([x0, x0]), torch.cat([x_t, x_other]), torch.cat([t, t_other]))
         first, second = nats.chunk(2)
-        second = second * density_ratio[:, None].to(second.dtype)
+        second = second * weight[:, None].to(second.dtype)
         return ddkit.LossOutput(nats=(1.0 - self.t_min) * 0.5 * (first + second), t=t)
+
+
+def check_complementary(process: ddkit.Process) -> None:
+    """A clear error unless ``process`` can draw complementary masks."""
+    if "absorbing" not in process.capabilities or not hasattr(process, "sample_complementary"):
+        raise ValueError(f"complementary_masks needs a masked process (sample_complementary); "
+                         f"{type(process).__name__} is not one")
+    schedule = process.schedule
+    if schedule.vector_size is not None or not schedule.invertible:
+        raise ValueError(f"complementary_masks needs a scalar schedule with an inverse; "
+                         f"{type(schedule).__name__} is not one")
 
 
 @ddkit.hookimpl
