@@ -256,12 +256,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--out", type=Path, help="folder for summary.json and table.md")
     parser.add_argument("--decoder-sweep", metavar="CONFIG",
-                        help="instead: the decoders on CONFIG's seed-0 run (to --out as decoders.json)")
+                        help="instead: the decoders on CONFIG's run of --run-seed, sampled with --seeds "
+                             "(to --out as decoders.json)")
+    parser.add_argument("--run-seed", type=int, default=0, help="the training seed of --decoder-sweep's run")
     args = parser.parse_args(argv)
 
     if args.decoder_sweep:
-        rows = decoder_sweep(args.runs / f"{args.decoder_sweep}-s0", args.runs / f"{args.judge}-s0", args.samples,
-                             args.seeds)
+        rows = decoder_sweep(args.runs / f"{args.decoder_sweep}-s{args.run_seed}", args.runs / f"{args.judge}-s0",
+                             args.samples, args.seeds)
         if args.out:
             args.out.mkdir(parents=True, exist_ok=True)
             (args.out / "decoders.json").write_text(json.dumps({"command": shlex.join(sys.argv), "rows": rows},
