@@ -112,8 +112,7 @@ class SemiAutoregressiveSampler(ddkit.Sampler):
         if len(free_columns) == 0:
             return
         first = int(free_columns[0])
-        model = state.calls.denoiser
-        self.check_model(model)
+        model = state.calls.denoiser  # checked by sample() (Sampler.check_model) before the walk
         if getattr(model, "block_causal", False):
             first -= first % L  # the model's blocks
         if self.kv_cache:
