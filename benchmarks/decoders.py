@@ -14,15 +14,18 @@ for several seeds. Per decoder and T it reports:
   in the training text (:func:`ddkit.contrib.runner.word_check`);
 * ``unigram entropy``: the entropy of each sample's token frequencies (nats), averaged over
   the samples; repetitive samples have a low one. The row "validation text" gives both for
-  chunks of held-out text of the same length.
+  chunks of held-out text of the same length;
+* ``gen. PPL`` (with ``--judge RUN``): the generative perplexity of the samples under an
+  autoregressive run of the same tokenizer (``pipelines/ar.yaml``;
+  :func:`ddkit.contrib.judge.judge_texts`), the validation text's beside it.
 
 Each value is the mean over the seeds ± their standard deviation. These are ELBO-free sample
-metrics without a judge model: a high share of known words with a collapsed entropy is not
+metrics: a high share of known words or a low perplexity with a collapsed entropy is not
 good text. Writes a markdown table (``--write PATH.md``) and, next to it, a PNG plot of words
 found and entropy against NFE (``PATH.png``) and the per-seed values (``PATH.json``).
 
     python benchmarks/decoders.py runs/quickstart
-    python benchmarks/decoders.py runs/quickstart --write docs/decoders-quickstart.md
+    python benchmarks/decoders.py runs/quickstart --write docs/decoders-quickstart.md --judge runs/ar
     python benchmarks/decoders.py runs/quickstart --steps 16 64 --seeds 0 1 --decoders ancestral remdm-loop
 """
 
@@ -42,6 +45,7 @@ from pathlib import Path
 import torch
 
 import ddkit
+from ddkit.contrib.judge import check_judge, judge_texts
 from ddkit.contrib.pipeline import AutocastDenoiser
 from ddkit.contrib.runner import load_run, reference_text, word_check
 
@@ -114,6 +118,7 @@ class Row:
     nfe_per_sequence: list[float] = field(default_factory=list)
     words: list[float] = field(default_factory=list)
     entropy: list[float] = field(default_factory=list)
+    gen_ppl: list[float] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -155,8 +160,16 @@ def plan(decoders, steps, length, long_decoders, long_steps):
     return runs, skipped
 
 
+def gen_perplexity(judge, texts: list[str]) -> float:
+    """The judge's generative perplexity of ``texts`` (NaN without a judge; inf past float range)."""
+    if judge is None:
+        return math.nan
+    value = judge_texts(judge, texts)["samples"]["gen_perplexity"]
+    return math.inf if value is None else value
+
+
 def measure(pipeline, reference: str, decoder: Decoder, T: int, seeds, num_samples: int, length: int,
-            tokens: dict) -> Row:
+            tokens: dict, judge=None) -> Row:
     spec = decoder.spec(T, length, tokens)
     sampler = pipeline.make_sampler(spec, where="sampler")
     row = Row(decoder.label, str(T))
@@ -177,11 +190,12 @@ def measure(pipeline, reference: str, decoder: Decoder, T: int, seeds, num_sampl
         row.nfe_per_sequence.append(float(counted.calls.double().mean()))
         row.words.append(words["fraction"] if words else math.nan)
         row.entropy.append(unigram_entropy(samples))
+        row.gen_ppl.append(gen_perplexity(judge, texts))
     row.seconds = time.perf_counter() - start
     return row
 
 
-def validation_row(pipeline, reference: str, seeds, num_samples: int, length: int) -> Row:
+def validation_row(pipeline, reference: str, seeds, num_samples: int, length: int, judge=None) -> Row:
     """Words found and unigram entropy of random chunks of the validation text."""
     chunks = pipeline.data["validation"].chunks(length)
     row = Row("validation text (data)", "-")
@@ -191,16 +205,19 @@ def validation_row(pipeline, reference: str, seeds, num_samples: int, length: in
         words = word_check(texts, reference)
         row.words.append(words["fraction"] if words else math.nan)
         row.entropy.append(unigram_entropy(chunks[pick]))
+        row.gen_ppl.append(gen_perplexity(judge, texts))
     return row
 
 
-def table(rows: list[Row]) -> list[str]:
-    lines = ["| decoder | steps T | NFE | NFE/seq | words found | unigram entropy (nats) | seconds |",
-             "|---|---|---|---|---|---|---|"]
+def table(rows: list[Row], judged: bool = False) -> list[str]:
+    judge_head, judge_rule = (" gen. PPL (AR judge) |", "---|") if judged else ("", "")
+    lines = [f"| decoder | steps T | NFE | NFE/seq | words found | unigram entropy (nats) |{judge_head} seconds |",
+             f"|---|---|---|---|---|---|{judge_rule}---|"]
     for row in rows:
+        judge_cell = f" {summary(row.gen_ppl, '.2f')} |" if judged else ""
         lines.append(f"| {row.label} | {row.steps} | {summary(row.nfe, '.0f')} | "
                      f"{summary(row.nfe_per_sequence, '.1f')} | {summary(row.words, '.3f')} | "
-                     f"{summary(row.entropy, '.3f')} | {row.seconds:.0f} |")
+                     f"{summary(row.entropy, '.3f')} |{judge_cell} {row.seconds:.0f} |")
     return lines
 
 
@@ -210,7 +227,10 @@ def plot(rows: list[Row], data: Row, path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    panels = [("words", "share of words found in the training text"), ("entropy", "unigram entropy per sample (nats)")]
+    if any(math.isfinite(v) for v in data.gen_ppl):
+        panels.append(("gen_ppl", "generative perplexity (AR judge)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5))
     groups: dict[str, list[Row]] = {}
     for row in rows:
         groups.setdefault(row.label, []).append(row)
@@ -221,14 +241,13 @@ def plot(rows: list[Row], data: Row, path: Path, title: str) -> None:
         if not points:
             continue
         x = [nfe for nfe, _ in points]
-        for axis, metric in zip(axes, ("words", "entropy")):
+        for axis, (metric, _) in zip(axes, panels):
             values = [[v for v in getattr(r, metric) if math.isfinite(v)] for _, r in points]
             y = [statistics.fmean(v) for v in values]
             err = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
             axis.errorbar(x, y, yerr=err, marker=markers[i % len(markers)], color=colors[(2 * i) % 20 + (2 * i) // 20 % 2],
                           capsize=3, label=label, linestyle="-" if len(points) > 1 else "none")
-    for axis, metric, name in zip(axes, ("words", "entropy"), ("share of words found in the training text",
-                                                                  "unigram entropy per sample (nats)")):
+    for axis, (metric, name) in zip(axes, panels):
         values = [v for v in getattr(data, metric) if math.isfinite(v)]
         if values:
             axis.axhline(statistics.fmean(values), color="gray", linestyle=":", label="validation text")
@@ -253,6 +272,8 @@ def main() -> None:
     parser.add_argument("--long-steps", type=int, default=LONG_STEPS,
                         help="from this T on, only --long-decoders run (to keep the time)")
     parser.add_argument("--long-decoders", nargs="*", default=list(LONG_DECODERS))
+    parser.add_argument("--judge", type=Path, default=None, metavar="RUN",
+                        help="an autoregressive run of the same tokenizer (pipelines/ar.yaml) that scores the samples")
     parser.add_argument("--write", type=Path, metavar="PATH.md",
                         help="write the table there and the plot to PATH.png")
     args = parser.parse_args()
@@ -270,12 +291,24 @@ def main() -> None:
     decoders = [d for d in DECODERS if d.key in args.decoders]
     runs, skipped = plan(decoders, args.steps, length, set(args.long_decoders), args.long_steps)
 
+    judge = None
+    if args.judge is not None:
+        judge, _ = load_run(args.judge, device=str(pipeline.device))
+        try:
+            check_judge(judge)
+        except ValueError as exc:
+            parser.error(f"--judge {args.judge}: {exc}")
+        if judge.tokenizer.vocab_size != pipeline.tokenizer.vocab_size:
+            parser.error(f"--judge {args.judge} has {judge.tokenizer.vocab_size} tokens, the model "
+                         f"{pipeline.tokenizer.vocab_size}: the judge must share the model's tokenizer")
+    judged = judge is not None
+
     start = time.perf_counter()
-    data = validation_row(pipeline, reference, args.seeds, args.samples, length)
+    data = validation_row(pipeline, reference, args.seeds, args.samples, length, judge)
     rows = []
     for decoder, T in runs:
-        rows.append(measure(pipeline, reference, decoder, T, args.seeds, args.samples, length, tokens))
-        print("\n".join(table([rows[-1]])[2:]), flush=True)
+        rows.append(measure(pipeline, reference, decoder, T, args.seeds, args.samples, length, tokens, judge))
+        print("\n".join(table([rows[-1]], judged)[2:]), flush=True)
     total = time.perf_counter() - start
 
     command = " ".join(shlex.quote(a) for a in ["python", *sys.argv])
@@ -284,9 +317,10 @@ def main() -> None:
         f"Model: `{args.run}` ({pipeline.config.name}, process `{json.dumps(pipeline.config.process)}`, "
         f"{sum(p.numel() for p in pipeline.model.parameters()):,} parameters), samples of N = {length} tokens, "
         f"{args.samples} samples per seed, seeds {', '.join(map(str, args.seeds))}; token filter of the run's "
-        f"sampler: {filters}. Values: mean ± standard deviation over the seeds.",
+        f"sampler: {filters}. Values: mean ± standard deviation over the seeds."
+        + (f" Judge: `{args.judge}` ({judge.config.name}, exact autoregressive NLL)." if judged else ""),
         "",
-        *table([data] + rows),
+        *table([data] + rows, judged),
         "",
         "Skipped: " + ("; ".join(skipped) if skipped else "nothing") + ".",
         "",
@@ -302,8 +336,8 @@ def main() -> None:
         args.write.write_text(HEADER.format(image=image.name) + text + "\n", encoding="utf-8")
         raw = args.write.with_suffix(".json")
         # per-seed values; a seed without words has null (JSON has no NaN)
-        records = [{**asdict(row), "words": [w if math.isfinite(w) else None for w in row.words]}
-                   for row in [data, *rows]]
+        records = [{**asdict(row), "words": [w if math.isfinite(w) else None for w in row.words],
+                    "gen_ppl": [p if math.isfinite(p) else None for p in row.gen_ppl]} for row in [data, *rows]]
         raw.write_text(json.dumps({"command": command, "rows": records}, indent=1, allow_nan=False) + "\n",
                        encoding="utf-8")
         print(f"wrote {args.write}, {image} and {raw}")
@@ -315,7 +349,8 @@ Generated by `benchmarks/decoders.py` (see its docstring; the command is at the 
 decoders are and how to read this table: [decoders.md](decoders.md). *NFE* counts denoiser
 calls for the batch; *NFE/seq* the calls one sequence would cost alone with the output cache;
 *words found*: the share of the samples' words (2+ letters) that occur in the training text;
-*unigram entropy*: the entropy of each sample's character frequencies, averaged.
+*unigram entropy*: the entropy of each sample's character frequencies, averaged; *gen. PPL*
+(when judged): the generative perplexity of the samples under the autoregressive model.
 
 ![words found and entropy against NFE]({image})
 

@@ -11,7 +11,7 @@ Three ways to generate sequences of varying length are compared:
 * **block diffusion with end-token stopping** — ``semi_ar`` over blocks with ``eos_id`` = the
   padding, so a sequence stops at its first ``.``.
 
-Two parts:
+Three parts:
 
 * ``oracle`` — every method with its exact denoiser (:class:`~ddkit.testing.insertion_oracles.
   InsertionOracle`; :class:`~ddkit.testing.OracleDenoiser` of the padded chain for the other
@@ -21,7 +21,12 @@ Two parts:
 * ``trained`` — three small networks of the same size trained with the same budget (the
   ``flex_dit`` + ``flexmdm`` loss, ``dit`` + continuous ELBO, ``block_dit`` + block ELBO),
   their length histograms and their bounds on the NLL (bits per character = nats per sequence
-  / mean characters / ln 2), against the chain's exact entropy.
+  / mean characters / ln 2), against the chain's exact entropy;
+* ``corpus`` — the same three methods trained on the embedded corpus's paragraphs
+  (``pydoc_paragraphs``, at most 128 characters, padded with newlines) with the network and
+  step count of ``pipelines/flexmdm.yaml``; there is no exact law, so lengths are compared
+  with the training paragraphs' length histogram, and the test paragraphs' own row shows how
+  far a data set of that size lies from it.
 
 Each part writes ``<part>.png`` (the histograms), ``<part>.md`` (the table: mean length, share
 at the maximum length, TV and W1 distances to the exact law, the TV floor of exact samples,
@@ -31,6 +36,7 @@ Run::
 
     OMP_NUM_THREADS=2 python benchmarks/length_histograms.py --part oracle
     OMP_NUM_THREADS=2 python benchmarks/length_histograms.py --part trained --steps 1500
+    OMP_NUM_THREADS=2 python benchmarks/length_histograms.py --part corpus --steps 3600 --sample-steps 128
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 import ddkit
 from ddkit.contrib.lengths import length_report, malformed, sample_lengths
@@ -160,11 +167,84 @@ def trained_part(num: int, steps: int, sample_steps: int, seed: int, out: Path) 
     return lengths, bad, extra
 
 
-def write(part: str, lengths: dict, bad: dict, extra: dict, out: Path, note: str) -> None:
-    report = length_report(lengths, chain().length_probs(), max_length=SEQ_LEN, reference_name="exact length law",
-                           malformed_counts=bad)
+CORPUS_LEN, CORPUS_BLOCK = 128, 4
+CORPUS_BIN = 8  # 89 test paragraphs over 129 lengths: the TV per length would be mostly noise
+CORPUS_DATA = {"dataset": {"name": "pydoc_paragraphs", "validation_fraction": 0.1, "test_fraction": 0.1},
+               "seq_len": CORPUS_LEN}
+
+
+def corpus_configs(steps: int, sample_steps: int, pad_id: int) -> dict[str, dict]:
+    """The three trainings on the paragraphs: ``pipelines/flexmdm.yaml``'s network, optimiser and
+    steps for each; samplers at temperature 1 (the model's own length law)."""
+    model = {"width": 64, "depth": 4, "heads": 4, "max_seq_len": CORPUS_LEN}
+    train = {"steps": steps, "batch_size": 32, "lr": 3e-3, "warmup_steps": 100, "lr_schedule": "cosine",
+             "ema_decay": 0.995, "log_every": 200, "eval_every": steps, "checkpoint_every": steps // 2,
+             "progress": False}
+    common = {"seed": SEED, "data": CORPUS_DATA, "train": train, "eval": {"time_samples": 8, "split": "test"},
+              "sample": {"num_samples": 4, "show": False}}
+    per_block = max(1, sample_steps * CORPUS_BLOCK // CORPUS_LEN)
+    return {
+        "FlexMDM": {**common, "name": "corpus-flexmdm", "model": {"name": "flex_dit", **model},
+                    "process": {"name": "insertion"}, "parameterization": {"name": "mean", "time_conditioning": True},
+                    "loss": {"name": "flexmdm", "time_sampling": "antithetic"},
+                    "sampler": {"name": "flexmdm_tau_leaping", "steps": sample_steps}},
+        "masked diffusion + padding": {**common, "name": "corpus-mdm", "model": {"name": "dit", **model},
+                                       "process": {"name": "masked", "schedule": "linear"},
+                                       "loss": {"name": "continuous_elbo", "time_sampling": "antithetic"},
+                                       "sampler": {"name": "ancestral", "steps": sample_steps}},
+        "block diffusion + END stop": {**common, "name": "corpus-bd3",
+                                       "model": {"name": "block_dit", "block_length": CORPUS_BLOCK, **model},
+                                       "process": {"name": "masked", "schedule": "linear"},
+                                       "loss": {"name": "block_elbo", "block_length": CORPUS_BLOCK},
+                                       "sampler": {"name": "semi_ar", "block_length": CORPUS_BLOCK, "eos_id": pad_id,
+                                                   "kv_cache": True,
+                                                   "sampler": {"name": "ancestral", "steps": per_block}}},
+    }
+
+
+def corpus_part(num: int, steps: int, sample_steps: int, seed: int, out: Path) -> tuple[dict, dict, dict, Tensor]:
+    from ddkit.contrib.pipeline import AutocastDenoiser
+    from ddkit.contrib.pipeline_config import load_pipeline
+    from ddkit.contrib.runner import load_run, run_pipeline
+
+    dataset = {k: v for k, v in CORPUS_DATA["dataset"].items() if k != "name"}
+    splits = ddkit.build("dataset", "pydoc_paragraphs", **dataset).load(None, CORPUS_LEN)
+    pad_id = splits.info["pad_id"]
+    train_lengths = sample_lengths(splits["train"].tokens.long(), end_id=pad_id)
+    test = splits["test"].tokens.long()
+    lengths, bad = {"test paragraphs (data)": sample_lengths(test, end_id=pad_id)}, {}
+    mean_length = float(lengths["test paragraphs (data)"].double().mean())
+    extra = {"data": {"paragraphs": splits.info["paragraphs"], "left_out": splits.info["left_out"],
+                      "test_mean_characters": mean_length}}
+    for name, config in corpus_configs(steps, sample_steps, pad_id).items():
+        run_dir = out / config["name"]
+        if not (run_dir / "eval.json").is_file():
+            start = time.perf_counter()
+            run_pipeline(load_pipeline(config), run_dir, log=lambda *a, **k: None)
+            print(f"trained {name} in {time.perf_counter() - start:.0f} s", flush=True)
+        pipeline, _ = load_run(run_dir)
+        sampler = pipeline.sampler
+        start = time.perf_counter()
+        result = sampler.sample(AutocastDenoiser(pipeline.model, pipeline), pipeline.process, num_samples=num,
+                                length=CORPUS_LEN, generator=torch.Generator().manual_seed(seed),
+                                parameterization=pipeline.parameterization_for(sampler))
+        lengths[name] = sample_lengths(result.tokens, end_id=pad_id, lengths=result.lengths)
+        bad[name] = malformed(result.tokens, end_id=pad_id)
+        nats = json.loads((run_dir / "eval.json").read_text())["continuous"]["nats_per_token"] * CORPUS_LEN
+        extra[name] = {"nfe": result.nfe, "sampling_seconds": time.perf_counter() - start,
+                       "bound_nats_per_paragraph": nats, "bound_bits_per_char": nats / mean_length / math.log(2),
+                       "parameters": sum(p.numel() for p in pipeline.model.parameters()), **result.info}
+    return lengths, bad, extra, train_lengths
+
+
+def write(part: str, lengths: dict, bad: dict, extra: dict, out: Path, note: str, *,
+          reference: Tensor | None = None, max_length: int = SEQ_LEN,
+          reference_name: str = "exact length law", bin_width: int = 1) -> None:
+    report = length_report(lengths, chain().length_probs() if reference is None else reference,
+                           max_length=max_length, reference_name=reference_name, malformed_counts=bad,
+                           bin_width=bin_width)
     out.mkdir(parents=True, exist_ok=True)
-    report.plot(out / f"{part}.png", title=f"markov_end (V = {VOCAB}, N = {SEQ_LEN}): {note}")
+    report.plot(out / f"{part}.png", title=note)
     lines = [report.table(), "", "| method | details |", "|---|---|"]
     lines += [f"| {name} | {json.dumps(values, default=float)} |" for name, values in extra.items()]
     (out / f"{part}.md").write_text("\n".join(lines) + "\n")
@@ -174,7 +254,7 @@ def write(part: str, lengths: dict, bad: dict, extra: dict, out: Path, note: str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", choices=["oracle", "trained", "all"], default="all")
+    parser.add_argument("--part", choices=["oracle", "trained", "corpus", "all"], default="all")
     parser.add_argument("--num", type=int, default=4000, help="samples per method")
     parser.add_argument("--steps", type=int, default=1500, help="training steps (trained part)")
     parser.add_argument("--sample-steps", type=int, default=64, help="sampling steps (block diffusion: per block, "
@@ -184,10 +264,16 @@ def main() -> None:
     args = parser.parse_args()
     if args.part in ("oracle", "all"):
         write("oracle", *oracle_part(args.num, args.sample_steps, args.seed), args.out,
-              f"exact denoisers, {args.sample_steps} steps")
+              f"markov_end (V = {VOCAB}, N = {SEQ_LEN}): exact denoisers, {args.sample_steps} steps")
     if args.part in ("trained", "all"):
         write("trained", *trained_part(args.num, args.steps, args.sample_steps, args.seed, args.out), args.out,
-              f"trained, {args.steps} steps each")
+              f"markov_end (V = {VOCAB}, N = {SEQ_LEN}): trained, {args.steps} steps each")
+    if args.part in ("corpus", "all"):
+        lengths, bad, extra, train_lengths = corpus_part(args.num, args.steps, args.sample_steps, args.seed, args.out)
+        write("corpus", lengths, bad, extra, args.out,
+              f"pydoc paragraphs (N = {CORPUS_LEN}): trained, {args.steps} steps each, {args.sample_steps} NFE",
+              reference=train_lengths, max_length=CORPUS_LEN, reference_name="training paragraphs",
+              bin_width=CORPUS_BIN)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@ r"""Judging generated text with the project's own autoregressive model.
 
 The generative perplexity of samples (the MDLM / BD3-LM protocol, with an in-framework judge
 instead of GPT-2): each sample is tokenised with the judge's tokenizer and scored by the
-judge's exact next-token negative log-likelihood (an autoregressive run: ``block_dit`` with
-``block_length`` 1 trained on ``block_elbo`` with every token masked, ``pipelines/ar.yaml``),
+judge's exact next-token negative log-likelihood (an autoregressive run: ``block_elbo`` with
+``block_length`` 1, e.g. ``pipelines/ar.yaml``'s ``causal_dit``, or ``block_dit`` with
+``block_length`` 1),
 in non-overlapping windows of the judge's sequence length:
 
 .. math::  \mathrm{GenPPL} = \exp\Big(\frac{1}{\sum_i n_i}\sum_i \sum_{j=1}^{n_i}
@@ -28,8 +29,8 @@ def check_judge(judge: Pipeline) -> None:
     """The judge must score with an exact autoregressive likelihood."""
     loss = judge.loss.evaluation()
     if not getattr(loss, "autoregressive", False):
-        raise ValueError(f"the judge must be an autoregressive run (e.g. pipelines/ar.yaml: block_dit with "
-                         f"block_length 1, block_elbo with block_length 1); this one trains {type(loss).__name__}"
+        raise ValueError(f"the judge must be an autoregressive run (e.g. pipelines/ar.yaml: causal_dit "
+                         f"with block_elbo, block_length 1); this one trains {type(loss).__name__}"
                          f"{'' if not hasattr(loss, 'block_length') else f' with block_length {loss.block_length}'}")
 
 

@@ -17,7 +17,9 @@ Distances between two length laws :math:`p, q` on :math:`0..N`:
 
 With ``n`` samples from the reference law itself the empirical TV stays below
 :func:`ddkit.testing.stats.tv_bound` with probability :math:`1 - 10^{-6}`; the report prints
-that floor next to every row.
+that floor next to every row. With few samples spread over many lengths that floor is large
+(the TV of an empirical law over ``N + 1`` lengths is mostly noise); ``bin_width = w`` then
+computes the TV and its floor on the laws of ``length // w`` (W1 is always per length).
 
 Example::
 
@@ -74,6 +76,12 @@ def total_variation(p: Tensor, q: Tensor) -> float:
     return 0.5 * float((p - q).abs().sum())
 
 
+def binned(law: Tensor, width: int) -> Tensor:
+    """The law of ``length // width``: ``law`` summed over consecutive bins of ``width`` lengths."""
+    pad = (-law.numel()) % width
+    return torch.cat([law, law.new_zeros(pad)]).view(-1, width).sum(-1)
+
+
 def wasserstein1(p: Tensor, q: Tensor) -> float:
     """Earth mover's distance between two laws on ``0..N`` (in tokens)."""
     return float((torch.cumsum(p, 0) - torch.cumsum(q, 0)).abs().sum())
@@ -101,11 +109,13 @@ class LengthReport:
     reference_probs: list[float]
     rows: list[LengthRow]
     laws: dict[str, list[float]]
+    bin_width: int = 1
 
     def table(self) -> str:
         """A markdown table: one row per sample set."""
+        bins = "" if self.bin_width == 1 else f" TV and its floor over bins of {self.bin_width} lengths."
         lines = [f"Reference: {self.reference}; lengths 0..{self.max_length}. TV floor: the TV that "
-                 f"exact samples stay below with probability 1 - 1e-6.", "",
+                 f"exact samples stay below with probability 1 - 1e-6.{bins}", "",
                  "| samples | n | mean length | std | at max length | TV | TV floor | W1 (tokens) | malformed |",
                  "|---|---|---|---|---|---|---|---|---|"]
         for r in self.rows:
@@ -115,24 +125,28 @@ class LengthReport:
         return "\n".join(lines)
 
     def to_json(self) -> dict:
-        return {"reference": self.reference, "max_length": self.max_length, "reference_probs": self.reference_probs,
-                "rows": [asdict(r) for r in self.rows], "laws": self.laws}
+        return {"reference": self.reference, "max_length": self.max_length, "bin_width": self.bin_width,
+                "reference_probs": self.reference_probs, "rows": [asdict(r) for r in self.rows], "laws": self.laws}
 
     def plot(self, path: str | Path, title: str | None = None) -> Path:
-        """A PNG: the reference law as bars, every sample set as a step line."""
+        """A PNG: the reference law as bars, every sample set as a step line (over the bins
+        of ``bin_width`` lengths)."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        lengths = list(range(self.max_length + 1))
+        width = self.bin_width
+        reference = binned(torch.tensor(self.reference_probs), width)
+        starts = [width * i for i in range(reference.numel())]
+        centres = [start + (width - 1) / 2 for start in starts]
         fig, ax = plt.subplots(figsize=(8, 4.5))
-        ax.bar(lengths, self.reference_probs, width=1.0, color="0.85", edgecolor="0.6", label=self.reference)
+        ax.bar(centres, reference.tolist(), width=width, color="0.85", edgecolor="0.6", label=self.reference)
         for row in self.rows:
-            ax.step(lengths, self.laws[row.name], where="mid", linewidth=1.5,
+            ax.step(centres, binned(torch.tensor(self.laws[row.name]), width).tolist(), where="mid", linewidth=1.5,
                     label=f"{row.name} (TV {row.tv:.3f}, W1 {row.w1:.2f})")
         ax.set_xlabel("length (tokens)")
-        ax.set_ylabel("probability")
+        ax.set_ylabel("probability" if width == 1 else f"probability per {width} lengths")
         ax.set_title(title or "length distributions")
         ax.legend(fontsize=8)
         fig.tight_layout()
@@ -143,11 +157,14 @@ class LengthReport:
 
 
 def length_report(samples: Mapping[str, Tensor], reference: Tensor, *, max_length: int,
-                  reference_name: str = "reference", malformed_counts: Mapping[str, Tensor] | None = None
-                  ) -> LengthReport:
+                  reference_name: str = "reference", malformed_counts: Mapping[str, Tensor] | None = None,
+                  bin_width: int = 1) -> LengthReport:
     """Compare the lengths of each sample set (``name -> [B]`` lengths) with a reference:
     an exact law (``[max_length + 1]`` probabilities, float) or reference lengths (long).
-    ``malformed_counts``: per name, the ``[B]`` bool of :func:`malformed`."""
+    ``malformed_counts``: per name, the ``[B]`` bool of :func:`malformed`; ``bin_width``: the TV
+    over bins of that many lengths."""
+    if not isinstance(bin_width, int) or not 1 <= bin_width <= max_length + 1:
+        raise ValueError(f"bin_width must be an integer in 1..{max_length + 1}, got {bin_width!r}")
     reference = torch.as_tensor(reference).cpu()
     ref = reference.to(torch.float64) if reference.is_floating_point() else length_law(reference, max_length)
     if ref.shape != (max_length + 1,) or abs(float(ref.sum()) - 1.0) > 1e-9:
@@ -162,7 +179,8 @@ def length_report(samples: Mapping[str, Tensor], reference: Tensor, *, max_lengt
             bad = float(torch.as_tensor(malformed_counts[name]).float().mean())
         rows.append(LengthRow(name, lengths.numel(), float(values.mean()),
                               float(values.std()) if lengths.numel() > 1 else 0.0,
-                              float(law[max_length]), total_variation(law, ref), wasserstein1(law, ref),
-                              tv_bound(ref, lengths.numel()), bad))
+                              float(law[max_length]),
+                              total_variation(binned(law, bin_width), binned(ref, bin_width)), wasserstein1(law, ref),
+                              tv_bound(binned(ref, bin_width), lengths.numel()), bad))
         laws[name] = law.tolist()
-    return LengthReport(reference_name, max_length, ref.tolist(), rows, laws)
+    return LengthReport(reference_name, max_length, ref.tolist(), rows, laws, bin_width)

@@ -562,6 +562,16 @@ def test_length_report_distances_and_png(tmp_path):
     assert "| short | 4 |" in report.table()
     assert report.plot(tmp_path / "lengths.png").stat().st_size > 0
     json.dumps(report.to_json())
+    # bins of 2 lengths: "short" puts all its mass in bin 0 where the reference has 0.5
+    binned_report = length_report({"short": torch.tensor([0, 0, 1, 1])}, exact, max_length=3, bin_width=2)
+    assert binned_report.rows[0].tv == pytest.approx(0.5) and binned_report.rows[0].w1 == pytest.approx(1.25)
+    shifted = length_report({"within": torch.tensor([0, 0, 0, 0, 2, 2, 3, 3])}, exact, max_length=3, bin_width=2)
+    assert shifted.rows[0].tv == pytest.approx(0.0) and shifted.rows[0].tv_floor < length_report(
+        {"within": torch.tensor([0, 0, 0, 0, 2, 2, 3, 3])}, exact, max_length=3).rows[0].tv_floor
+    assert "bins of 2 lengths" in shifted.table()
+    assert shifted.plot(tmp_path / "binned.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="bin_width must be an integer in 1..4, got 0"):
+        length_report({"x": torch.tensor([1])}, exact, max_length=3, bin_width=0)
     tokens = torch.tensor([[0, 1, 2, 2], [2, 2, 2, 2], [1, 2, 0, 2]])
     assert sample_lengths(tokens, end_id=2).tolist() == [2, 0, 1]
     assert malformed(tokens, end_id=2).tolist() == [False, False, True]
