@@ -364,6 +364,10 @@ class Pipeline:
                      parameterization: ddkit.Parameterization, loss: ddkit.Loss,
                      sampler: ddkit.Sampler) -> list[str]:
         problems = []
+        try:
+            loss.check_model(model)
+        except ValueError as exc:
+            problems.append(f"loss: {exc}")
         loss_block, model_block = getattr(loss, "block_length", None), getattr(model, "block_length", None)
         if getattr(model, "block_causal", False) and loss_block is not None and loss_block != model_block:
             problems.append(f"loss.block_length: {loss_block} but the block-causal model has model.block_length "

@@ -34,7 +34,7 @@ import contextvars
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import Field
@@ -161,6 +161,11 @@ class Loss(nn.Module):
     def forward(self, denoiser: Denoiser, x0: Tensor,
                 generator: torch.Generator | None = None) -> LossOutput:
         raise NotImplementedError
+
+    def check_model(self, model: Any) -> None:
+        """Raise ``ValueError`` if this loss cannot train ``model`` (an output it needs and the
+        model does not declare); pipelines call it when they are built, before any training.
+        Nothing by default."""
 
     def evaluation(self) -> Loss:
         """The loss to report on held-out data: this one, unless it trains on a biased

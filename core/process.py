@@ -59,6 +59,10 @@ class Process:
     #: capabilities that conformance checks and samplers key on, e.g. ``"absorbing"``
     capabilities: ClassVar[frozenset[str]] = frozenset()
 
+    #: whether the process is factorised over positions, as every sampler that does not
+    #: require one of its capabilities assumes (FlexMDM's insertion process is not)
+    factorised: ClassVar[bool] = True
+
     #: whether the process takes a vector-valued schedule (one alpha per clean token,
     #: :attr:`ddkit.Schedule.vector_size`)
     vector_schedules: ClassVar[bool] = False

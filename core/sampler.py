@@ -342,6 +342,10 @@ class Sampler:
         raise NotImplementedError(f"{type(self).__name__} implements neither step() nor sample()")
 
     def check_process(self, process: Process) -> None:
+        if not getattr(process, "factorised", True) and not self.requires & process.capabilities:
+            raise ValueError(f"sampler {type(self).__name__} samples processes factorised over positions; "
+                             f"{type(process).__name__} is not (capabilities {sorted(process.capabilities)}): "
+                             f"use a sampler that requires one of them")
         for who, requires in ((f"sampler {type(self).__name__}", self.requires),
                               (f"corrector {type(self.corrector).__name__}",
                                self.corrector.requires if self.corrector is not None else frozenset())):

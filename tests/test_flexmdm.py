@@ -603,3 +603,23 @@ def test_docstring_examples_run(module):
 
     result = doctest.testmod(importlib.import_module(module))
     assert result.failed == 0 and result.attempted > 0
+
+
+@pytest.mark.parametrize("override, message", [
+    ("sampler={name: ancestral, steps: 8}",
+     "sampler AncestralSampler samples processes factorised over positions; InsertionProcess is not"),
+    ("sampler={name: semi_ar, block_length: 4, sampler: {name: ancestral, steps: 2}}",
+     "sampler SemiAutoregressiveSampler samples processes factorised over positions"),
+    ("model={name: dit, width: 16, depth: 1, heads: 2, max_seq_len: 128, time_conditioning: true}",
+     "loss: the insertion process needs a denoiser with heads {'tokens', 'gaps'}"),
+])
+def test_flexmdm_pipeline_refuses_a_per_position_sampler_or_a_one_headed_model_when_built(override, message):
+    result = invoke("config", "validate", ROOT / "pipelines" / "flexmdm.yaml", override)
+    assert result.exit_code != 0 and message in result.output, result.output
+
+
+def test_per_position_samplers_refuse_the_insertion_process_when_sampling():
+    process = ddkit.build("process", "insertion", vocab_size=3)
+    oracle = InsertionOracle(EndMarkovChain(2, max_length=4, seed=3, end_probability=0.3), process.insertion)
+    with pytest.raises(ValueError, match="samples processes factorised over positions"):
+        ddkit.build("sampler", "ancestral", steps=4).sample(oracle, process, num_samples=2, length=4)

@@ -79,6 +79,9 @@ class FlexMDMLoss(ddkit.Loss):
             return self
         return FlexMDMLoss(self.process, self.time_sampling, self.t_min, insertion_term="bregman")
 
+    def check_model(self, model):
+        self.process.check_denoiser(model)
+
     def forward(self, denoiser, x0: torch.Tensor, generator: torch.Generator | None = None) -> ddkit.LossOutput:
         process = self.process
         B, N = x0.shape

@@ -143,6 +143,7 @@ class InsertionProcess:
     """FlexMDM's insertion-and-unmasking process; see the module docstring."""
 
     capabilities = frozenset({"insertion"})
+    factorised = False  # samplers must require "insertion" to take it
 
     def __init__(self,
                  vocab_size: Annotated[int, Field(ge=2, description="token ids, the padding token included")],
