@@ -54,7 +54,7 @@ from torch import Tensor
 import ddkit
 from ddkit.categorical import sample_categorical
 from ddkit.loss import TimeSampling
-from ddkit.plugins.losses.continuous_elbo import check_complementary
+from ddkit.plugins.processes.masked import check_complementary
 from ddkit.registry import Component
 
 ClipInterval = Annotated[tuple[float, float] | Literal["search"] | None, Field(

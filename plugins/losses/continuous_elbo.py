@@ -36,6 +36,7 @@ from torch import Tensor
 
 
 import ddkit
+from ddkit.plugins.processes.masked import check_complementary
 
 
 class ContinuousELBO(ddkit.ContinuousTimeLoss):
@@ -66,17 +67,6 @@ class ContinuousELBO(ddkit.ContinuousTimeLoss):
         first, second = nats.chunk(2)
         second = second * weight[:, None].to(second.dtype)
         return ddkit.LossOutput(nats=(1.0 - self.t_min) * 0.5 * (first + second), t=t)
-
-
-def check_complementary(process: ddkit.Process) -> None:
-    """A clear error unless ``process`` can draw complementary masks."""
-    if "absorbing" not in process.capabilities or not hasattr(process, "sample_complementary"):
-        raise ValueError(f"complementary_masks needs a masked process (sample_complementary); "
-                         f"{type(process).__name__} is not one")
-    schedule = process.schedule
-    if schedule.vector_size is not None or not schedule.invertible:
-        raise ValueError(f"complementary_masks needs a scalar schedule with an inverse; "
-                         f"{type(schedule).__name__} is not one")
 
 
 @ddkit.hookimpl

@@ -171,10 +171,8 @@ class MaskedProcess(ddkit.Process):
         :math:`t'` is not uniform when :math:`t` is (except for the linear schedule), and
         :math:`w` is the change of variables that makes :math:`w\,\ell(x_{t'}, t')` an
         unbiased draw of the same integral. Needs a scalar schedule with an inverse."""
+        check_complementary(self)
         schedule = self.schedule
-        if self.vector or not schedule.invertible:
-            raise ValueError(f"complementary masks need a scalar schedule with an inverse; "
-                             f"{type(schedule).__name__} is not one")
         alpha = self._alpha(t)
         # t' = 0 only when t = 1 exactly: kept above 0 so that its (empty) term stays finite
         t_other = schedule.inverse(1.0 - alpha).clamp(1e-12, 1.0)
@@ -382,6 +380,19 @@ def build_schedule(spec: Any, vocab_size: int) -> ddkit.Schedule:
         if "vocab_size" in record.params.model_fields and params.get("vocab_size") is None:
             return ddkit.build("schedule", {"name": name, **params, "vocab_size": vocab_size})
     return ddkit.build("schedule", spec)
+
+
+def check_complementary(process: ddkit.Process) -> None:
+    """A clear error unless ``process`` can draw complementary masks
+    (:meth:`MaskedProcess.sample_complementary`): a masked process with a scalar, invertible
+    schedule."""
+    if "absorbing" not in process.capabilities or not hasattr(process, "sample_complementary"):
+        raise ValueError(f"complementary_masks needs a masked process (sample_complementary); "
+                         f"{type(process).__name__} is not one")
+    schedule = process.schedule
+    if schedule.vector_size is not None or not schedule.invertible:
+        raise ValueError(f"complementary_masks needs a scalar schedule with an inverse; "
+                         f"{type(schedule).__name__} is not one")
 
 
 @ddkit.hookimpl
