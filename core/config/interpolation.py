@@ -32,10 +32,11 @@ so that a resolved config saved as YAML loads back, as a pipeline file, to the s
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from omegaconf.errors import GrammarParseError, OmegaConfBaseException
@@ -151,26 +152,32 @@ class _Resolution:
         self.done: dict[KeyPath, Any] = {}
         self.active: list[KeyPath] = []
 
-    def _enter(self, path: KeyPath, text: str) -> None:
+    @contextlib.contextmanager
+    def _resolving(self, path: KeyPath, text: str) -> Iterator[None]:
+        """While the string at ``path`` is resolved: a reference back to it is a cycle, and
+        any problem becomes that string's :class:`_Failure`."""
         if path in self.active:
             cycle = " -> ".join(dotted(p) for p in [*self.active[self.active.index(path):], path])
             raise _Failure(path, text, f"the interpolation refers back to itself ({cycle})")
         self.active.append(path)
+        try:
+            yield
+        except _Problem as exc:
+            raise _Failure(path, text, str(exc)) from None
+        except OmegaConfBaseException as exc:
+            raise _Failure(path, text, str(exc).splitlines()[0]) from None
+        finally:
+            self.active.pop()
 
     def resolve_string(self, path: KeyPath, text: str) -> Any:
         if path not in self.done:
-            self._enter(path, text)
             try:
-                self.done[path] = _Visitor(self, path).visit(parse(text))
+                tree = parse(text)
             except GrammarParseError as exc:
                 raise _Failure(path, text, f"not a valid interpolation ({str(exc).splitlines()[0]}); "
                                            "write a literal '${' as '\\${'") from None
-            except _Problem as exc:
-                raise _Failure(path, text, str(exc)) from None
-            except OmegaConfBaseException as exc:
-                raise _Failure(path, text, str(exc).splitlines()[0]) from None
-            finally:
-                self.active.pop()
+            with self._resolving(path, text):
+                self.done[path] = _Visitor(self, path).visit(tree)
         value = self.done[path]
         return copy.deepcopy(value) if isinstance(value, (dict, list)) else value
 
@@ -194,15 +201,8 @@ class _Resolution:
         target = inner.interpolationNode() if inner is not None else None
         if target is None:
             return None
-        self._enter(path, text)
-        try:
+        with self._resolving(path, text):
             return _Visitor(self, path, locating=True).visitInterpolationNode(target)
-        except _Problem as exc:
-            raise _Failure(path, text, str(exc)) from None
-        except OmegaConfBaseException as exc:
-            raise _Failure(path, text, str(exc).splitlines()[0]) from None
-        finally:
-            self.active.pop()
 
     def locate(self, path: KeyPath, dots: int, parts: tuple[str, ...], shown: str) -> tuple[bool, Any]:
         """Where ``parts`` leads, from the root or, with ``dots`` leading dots, from the
