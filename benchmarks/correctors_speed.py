@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 import ddkit
-from run import SHAPES, _inverse_cdf, machine_info, row, table, time_pair  # benchmarks/run.py, next to this
+from run import SHAPES, _inverse_cdf, machine_info, sampler_against_hand_loop, table  # benchmarks/run.py, next to this
 
 STEPS = 64
 MULTIPLIER = 1.5
@@ -121,21 +121,10 @@ def bench(shapes, budget_s, log):
         process = ddkit.build("process", "masked", vocab_size=V, schedule="linear")
         for name, (corrector, hand) in CASES.items():
             sampler = ddkit.build("sampler", "ancestral", steps=STEPS, backend="numba", cache=False, corrector=corrector)
-
-            def ddkit_run():
-                gen = torch.Generator().manual_seed(2)
-                return sampler.sample(denoiser, process, num_samples=B, length=N, generator=gen).tokens
-
-            def hand_run():
-                return hand(logits, STEPS, torch.Generator().manual_seed(2))
-
-            base, cand, rounds = time_pair(hand_run, ddkit_run, torch.device("cpu"), budget_s=budget_s, max_rounds=9)
-            same = torch.equal(hand_run(), ddkit_run())
-            ratio = cand / base
-            rows.append(row("correctors", f"ancestral {STEPS} steps + {name}, backend=numba", shape,
-                            "hand-written loop", "ddkit ancestral + corrector", base * 1e3, cand * 1e3, ratio, "ms",
-                            target="<= 1.1", met=ratio <= 1.1, rounds=rounds,
-                            note="identical samples" if same else "samples differ"))
+            rows.append(sampler_against_hand_loop(
+                "correctors", f"ancestral {STEPS} steps + {name}, backend=numba", "ddkit ancestral + corrector",
+                sampler, process, logits, lambda gen, hand=hand: hand(logits, STEPS, gen), torch.device("cpu"),
+                budget_s, denoiser=denoiser))
             log(rows[-1])
     return rows
 

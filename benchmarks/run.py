@@ -260,15 +260,17 @@ def hand_written_loop(logits, steps, generator):
     return x
 
 
-def sampler_against_hand_loop(section, name, candidate, sampler, process, logits, hand, device, budget_s):
-    """A row timing ``sampler`` on the precomputed ``logits`` against ``hand(generator)``, a
-    hand-written loop of the same math, both from seed 2; notes whether the samples agree."""
+def sampler_against_hand_loop(section, name, candidate, sampler, process, logits, hand, device, budget_s,
+                              denoiser=None):
+    """A row timing ``sampler`` on the precomputed ``logits`` (or on ``denoiser``, which
+    returns them) against ``hand(generator)``, a hand-written loop of the same math, both from
+    seed 2; notes whether the samples agree."""
     B, N, _ = logits.shape
+    denoiser = denoiser if denoiser is not None else (lambda x_t, t: logits)
 
     def ddkit_run():
         gen = torch.Generator(device=device).manual_seed(2)
-        return sampler.sample(lambda x_t, t: logits, process, num_samples=B, length=N, generator=gen,
-                              device=device).tokens
+        return sampler.sample(denoiser, process, num_samples=B, length=N, generator=gen, device=device).tokens
 
     def hand_run():
         return hand(torch.Generator(device=device).manual_seed(2))
