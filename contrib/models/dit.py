@@ -81,7 +81,10 @@ class Block(nn.Module):
         self.dropout = dropout
         self.modulation = nn.Linear(width, 6 * width) if conditioned else None
 
-    def forward(self, h: Tensor, cos: Tensor, sin: Tensor, cond: Tensor | None) -> Tensor:
+    def forward(self, h: Tensor, cos: Tensor, sin: Tensor, cond: Tensor | None,
+                attn_mask: Tensor | None = None) -> Tensor:
+        """``attn_mask``: which keys each query may attend to (bool, broadcast to
+        ``[B, heads, N, N]``; e.g. ``flex_dit`` masks its padding out), all by default."""
         B, N, W = h.shape
         if self.modulation is not None:
             mod = self.modulation(cond)
@@ -93,7 +96,8 @@ class Block(nn.Module):
             x = x * (1 + scale1) + shift1
         q, k, v = self.qkv(x).view(B, N, 3, self.heads, W // self.heads).permute(2, 0, 3, 1, 4)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        a = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                           dropout_p=self.dropout if self.training else 0.0)
         a = F.dropout(self.proj(a.transpose(1, 2).reshape(B, N, W)), self.dropout, self.training)
         h = h + (gate1 * a if self.modulation is not None else a)
         x = self.norm2(h)

@@ -49,7 +49,7 @@ from torch import Tensor, nn
 
 import ddkit
 
-from .dit import DiT, apply_rotary, check_heads, rotary_tables, timestep_embedding
+from .dit import DiT, check_heads, rotary_tables, timestep_embedding
 
 GapHead = Literal["expectation", "distribution"]
 
@@ -110,7 +110,7 @@ class FlexDiT(DiT):
             cond = self.time_mlp(timestep_embedding(t, h.shape[-1]).to(h.dtype))
         cos, sin = self.rope_cos[:N + 1], self.rope_sin[:N + 1]
         for block in self.blocks:
-            h = _masked_block(block, h, cos, sin, cond, keys)
+            h = block(h, cos, sin, cond, attn_mask=keys)
         h = self.norm(h)
         if self.final_modulation is not None:
             mod = self.final_modulation(cond)
@@ -122,30 +122,6 @@ class FlexDiT(DiT):
         if self.gap_head == "expectation":
             return logits, self.max_seq_len * F.softplus(out.squeeze(-1))
         return logits, out
-
-
-def _masked_block(block, h: Tensor, cos: Tensor, sin: Tensor, cond: Tensor | None, keys: Tensor) -> Tensor:
-    """:class:`~ddkit.contrib.models.dit.Block`'s forward pass with an attention mask over
-    the keys (``[B, 1, 1, N]`` bool)."""
-    B, N, W = h.shape
-    if block.modulation is not None:
-        mod = block.modulation(cond)
-        if mod.dim() == 2:
-            mod = mod[:, None, :]
-        shift1, scale1, gate1, shift2, scale2, gate2 = mod.chunk(6, dim=-1)
-    x = block.norm1(h)
-    if block.modulation is not None:
-        x = x * (1 + scale1) + shift1
-    q, k, v = block.qkv(x).view(B, N, 3, block.heads, W // block.heads).permute(2, 0, 3, 1, 4)
-    q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-    a = F.scaled_dot_product_attention(q, k, v, attn_mask=keys, dropout_p=block.dropout if block.training else 0.0)
-    a = F.dropout(block.proj(a.transpose(1, 2).reshape(B, N, W)), block.dropout, block.training)
-    h = h + (gate1 * a if block.modulation is not None else a)
-    x = block.norm2(h)
-    if block.modulation is not None:
-        x = x * (1 + scale2) + shift2
-    m = F.dropout(block.mlp(x), block.dropout, block.training)
-    return h + (gate2 * m if block.modulation is not None else m)
 
 
 class FlexDiTParams(ddkit.params_model(FlexDiT)):
