@@ -23,6 +23,11 @@ Operations
 ``mask_noise(x0 [B, N], keep_prob [B] | [B, N], uniforms [B, N], mask_id)``
     Forward noising of the masked process, :math:`x_t = x_0` iff :math:`u < \alpha_t`, else
     the mask.
+``remask(x [B, N], new [B, N], remask_prob [B] | [B, N], uniforms [B, N], free [B, N], mask_id)``
+    Remasking after a masked step from ``x`` to ``new``: a position that held a clean token
+    in ``x`` and is ``free`` (not a fixed prompt token) becomes the mask iff
+    :math:`u < \sigma`; every other position keeps its token of ``new`` (those just
+    unmasked too). ReMDM's remasking and the forward–backward corrector's masking rate.
 ``uniform_noise(x0, keep_prob, u_keep, u_token, vocab_size)``
     Forward noising of the uniform process, :math:`x_t = x_0` iff :math:`u < \alpha_t`, else
     :math:`\lfloor u' V \rfloor` (a uniform token, possibly :math:`x_0` itself), which is
@@ -99,7 +104,7 @@ from .categorical import group_before
 from .errors import NumericalError, UnknownComponentError
 from .registry import get_registry, unknown_name_message
 
-OPS = ("categorical", "masked_step", "commit_topk", "mask_noise", "uniform_noise", "token_probability")
+OPS = ("categorical", "masked_step", "commit_topk", "mask_noise", "uniform_noise", "token_probability", "remask")
 AUTO = "auto"
 BACKEND_ENV = "DDKIT_KERNEL_BACKEND"
 
@@ -304,6 +309,8 @@ class KernelBackend:
     * ``mask_noise(x0 [B, N], keep [B, 1] or [B, N] f64, u [B, N] f64, mask_id)`` -> ``[B, N]``;
     * ``uniform_noise(x0 [B, N], keep, u_keep [B, N] f64, u_token [B, N] f64, vocab_size)``
       -> ``[B, N]``;
+    * ``remask(x [B, N], new [B, N], remask_prob [B, 1] or [B, N] f64, u [B, N] f64,
+      free [B, N] bool, mask_id)`` -> ``[B, N]``;
     * ``token_probability(logits [R, V], tokens [R] int64)`` -> ``[R]`` float64, NaN for a
       row without a usable maximum (:func:`reference_token_probability`).
 
@@ -517,6 +524,22 @@ def mask_noise(x0: Tensor, keep_prob: Tensor | float, uniforms: Tensor, *, mask_
     kernels = resolve(backend, "mask_noise", device)
     u, = _uniforms(kernels, shape, device, uniforms=uniforms)
     return kernels.mask_noise(x0, keep, u, int(mask_id))
+
+
+def remask(x: Tensor, new: Tensor, remask_prob: Tensor | float, uniforms: Tensor, *, free: Tensor, mask_id: int,
+           backend: str = AUTO) -> Tensor:
+    r"""Remasking after a masked step from ``x`` to ``new`` (module docstring): positions
+    clean in ``x`` and ``free`` become ``mask_id`` iff :math:`u < \sigma`, ``remask_prob``
+    (:math:`\sigma`: a number, ``[B]`` or ``[B, N]``). Returns the new tokens."""
+    x, new = _tokens(x, "x"), _tokens(new, "new")
+    shape, device = tuple(x.shape), x.device
+    if tuple(new.shape) != shape or not isinstance(free, Tensor) or free.dtype != torch.bool \
+            or tuple(free.shape) != shape:
+        raise ValueError(f"new must be a LongTensor and free a BoolTensor of the shape of x {shape}")
+    sigma = _per_position(remask_prob, shape, device, "remask_prob")
+    kernels = resolve(backend, "remask", device)
+    u, = _uniforms(kernels, shape, device, uniforms=uniforms)
+    return kernels.remask(x, new.to(device), sigma, u, free.to(device).contiguous(), int(mask_id))
 
 
 def uniform_noise(x0: Tensor, keep_prob: Tensor | float, u_keep: Tensor, u_token: Tensor, *, vocab_size: int,

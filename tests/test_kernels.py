@@ -408,6 +408,25 @@ def test_forward_noising_backends_agree_with_the_definition(seed, per_row):
     assert torch.equal(uniform[0], torch.where(keep, x0, (u2 * V).floor().long().clamp_max(V - 1)))
 
 
+@given(seed=st.integers(0, 2 ** 31), per_row=st.booleans())
+def test_remask_backends_agree_with_the_definition(seed, per_row):
+    """Positions clean in x and free become the mask iff u < sigma; the rest keep new's token
+    (the positions new just unmasked too)."""
+    gen = torch.Generator().manual_seed(seed)
+    B, N, V = 3, 17, 5
+    x = torch.randint(0, V + 1, (B, N), generator=gen)
+    new = torch.where(x == V, torch.randint(0, V + 1, (B, N), generator=gen), x)
+    sigma = torch.rand(B if per_row else (B, N), generator=gen, dtype=torch.float64)
+    u = torch.rand(B, N, generator=gen, dtype=torch.float64)
+    free = torch.rand(B, N, generator=gen) < 0.8
+    out = [K.remask(x, new, sigma, u, free=free, mask_id=V, backend=b) for b in BACKENDS]
+    assert torch.equal(out[0], out[1])
+    hit = (x != V) & free & (u < (sigma[:, None] if per_row else sigma))
+    assert torch.equal(out[0], torch.where(hit, V, new))
+    with pytest.raises(ValueError, match="free a BoolTensor"):
+        K.remask(x, new, sigma, u, free=free.long(), mask_id=V)
+
+
 def test_uniform_noise_has_the_marginal_of_the_uniform_process():
     """x_t ~ Cat(alpha x0 + (1 - alpha)/V): chi-square at p < 1e-6 (5 degrees of freedom)."""
     gen = torch.Generator().manual_seed(5)
@@ -596,6 +615,7 @@ def test_every_operation_rejects_uniforms_outside_the_unit_interval(backend, bad
         # p_unmask = 0: no position moves, yet the unread u_token is checked
         "masked_step u_token": lambda u: K.masked_step(x, logits, 0.0, good, u, mask_id=V, backend=backend),
         "mask_noise": lambda u: K.mask_noise(x0, 0.5, u, mask_id=V, backend=backend),
+        "remask": lambda u: K.remask(x0, x0, 0.5, u, free=x0 >= 0, mask_id=V, backend=backend),
         "uniform_noise u_keep": lambda u: K.uniform_noise(x0, 0.5, u, good, vocab_size=V, backend=backend),
         "uniform_noise u_token": lambda u: K.uniform_noise(x0, 0.5, good, u, vocab_size=V, backend=backend),
     }

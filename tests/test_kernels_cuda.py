@@ -72,6 +72,9 @@ def test_commit_topk_and_noising_on_cuda_equal_cpu():
     u, u2 = (torch.rand(5, 200, generator=gen, dtype=torch.float64) for _ in range(2))
     assert torch.equal(K.mask_noise(x0.cuda(), alpha.cuda(), u.cuda(), mask_id=9).cpu(),
                        K.mask_noise(x0, alpha, u, mask_id=9))
+    free = u2 < 0.9
+    assert torch.equal(K.remask(x0.cuda(), x0.cuda(), alpha.cuda(), u.cuda(), free=free.cuda(), mask_id=9).cpu(),
+                       K.remask(x0, x0, alpha, u, free=free, mask_id=9))
     assert torch.equal(K.uniform_noise(x0.cuda(), alpha.cuda(), u.cuda(), u2.cuda(), vocab_size=9).cpu(),
                        K.uniform_noise(x0, alpha, u, u2, vocab_size=9))
 

@@ -57,6 +57,7 @@ from torch import Tensor
 import ddkit
 from ddkit import steps
 from ddkit.categorical import sample_categorical
+from ddkit import kernels
 from ddkit.kernels import TokenFilter
 from ddkit.sampler import Backend
 
@@ -144,13 +145,13 @@ def masked_corrector_step(state: ddkit.SamplerState, p_unmask: Tensor, p_remask:
     """One corrector step of a masked process from the jump probabilities per sequence
     (``[B]``): free masks unmask w.p. ``p_unmask`` to a token drawn from the model's mean (one
     call, the fused masked step with the kernel ``backend``), free clean tokens are masked
-    w.p. ``p_remask`` (one uniform per position). Returns the new tokens."""
-    x, mask_id = state.x, state.process.mask_id
-    clean = (x != mask_id) & ~state.fixed
+    w.p. ``p_remask`` (one uniform per position, :func:`ddkit.kernels.remask`). Returns the
+    new tokens."""
+    x = state.x
     logits = state.calls.mean_logits(x, state.t)
     new = steps.masked_step(state, logits, p_unmask, tokens=UNFILTERED, backend=backend)
     u = torch.rand(x.shape, generator=state.generator, dtype=torch.float64, device=x.device)
-    return new.masked_fill(clean & (u < p_remask[:, None]), mask_id)
+    return kernels.remask(x, new, p_remask, u, free=~state.fixed, mask_id=state.process.mask_id, backend=backend)
 
 
 def predictor_step(state: ddkit.SamplerState, corrector: str) -> Tensor:
@@ -184,18 +185,20 @@ class ForwardBackwardCorrector(ddkit.Corrector):
         return self.step_multiplier * predictor_step(state, "forward_backward")
 
     def correct(self, state):
-        active = state.t <= self.entry_time
-        if not bool(active.any()):
-            return
-        h = torch.where(active, self.step_length(state), 0.0)
+        h = self.step_length(state)
+        if self.entry_time < 1.0:  # every time is <= 1: no test needed at the default
+            active = state.t <= self.entry_time
+            if not bool(active.any()):
+                return
+            h = torch.where(active, h, 0.0)
         masked = masked_rates(state)
+        if masked is not None:
+            p_unmask, p_remask = -torch.expm1(-h * torch.stack(masked))  # one pass for both
         for _ in range(self.num_steps):
             if masked is None:
                 state.x = exponential_step(state, corrector_rates(state), h)
             else:
-                unmask, remask = masked
-                state.x = masked_corrector_step(state, -torch.expm1(-h * unmask), -torch.expm1(-h * remask),
-                                                backend=self.backend)
+                state.x = masked_corrector_step(state, p_unmask, p_remask, backend=self.backend)
 
 
 @ddkit.hookimpl

@@ -430,6 +430,22 @@ def mask_noise(x0, keep, uniforms, mask_id, out):
 
 
 @njit(cache=True)
+def remask(x, sigma, uniforms, free, mask_id, out):
+    """``out = mask_id`` where ``x`` is clean, ``free`` and ``u < sigma`` (``out`` holds the
+    new tokens); returns whether every uniform lies in [0, 1)."""
+    B, N = x.shape
+    step = 1 if sigma.shape[1] > 1 else 0
+    bad = 0
+    for b in range(B):
+        for j in range(N):
+            u = uniforms[b, j]
+            bad += _bad_uniform(u)
+            if x[b, j] != mask_id and free[b, j] and u < sigma[b, j * step]:
+                out[b, j] = mask_id
+    return bad == 0
+
+
+@njit(cache=True)
 def uniform_noise(x0, keep, u_keep, u_token, vocab_size, out):
     """``out = x0`` where ``u_keep < keep``, else ``floor(u_token * V)``; returns whether
     every uniform lies in [0, 1). The truncation goes through int32 (AVX2 converts four

@@ -47,7 +47,8 @@ from ddkit import kernels as ops_module
 from ddkit.kernels import KernelBackend, TokenFilter
 
 #: operations for which ``backend="auto"`` prefers Numba on CPU tensors (the performance page of the documentation measures why)
-AUTO_OPS = frozenset({"categorical", "masked_step", "commit_topk", "mask_noise", "uniform_noise", "token_probability"})
+AUTO_OPS = frozenset({"categorical", "masked_step", "commit_topk", "mask_noise", "uniform_noise", "token_probability",
+                      "remask"})
 #: rows of half-precision logits converted to float32 at a time
 HALF_CHUNK_ELEMENTS = 1 << 20
 #: row chunks per thread in a categorical kernel (balances rows of unequal cost)
@@ -179,6 +180,8 @@ class NumbaKernels(KernelBackend):
             ops_module.mask_noise(x, 0.5, u, mask_id=2, backend=self.name)
         if "uniform_noise" in ops:
             ops_module.uniform_noise(x, 0.5, u, u, vocab_size=3, backend=self.name)
+        if "remask" in ops:
+            ops_module.remask(x, x, 0.5, u, free=u > 0, mask_id=2, backend=self.name)
         return _cache_misses(impl) > misses
 
     def supports(self, op: str, device: torch.device) -> bool:
@@ -225,6 +228,12 @@ class NumbaKernels(KernelBackend):
     def token_probability(self, logits: Tensor, tokens: Tensor) -> Tensor:
         out = np.empty(logits.shape[0], np.float64)
         kernels().token_probability(logits.numpy(), tokens.numpy(), out)
+        return torch.from_numpy(out)
+
+    def remask(self, x: Tensor, new: Tensor, sigma: Tensor, uniforms: Tensor, free: Tensor, mask_id: int) -> Tensor:
+        out = new.numpy().copy()
+        if not kernels().remask(x.numpy(), sigma.numpy(), uniforms.numpy(), free.numpy(), mask_id, out):
+            raise ValueError("uniforms must lie in [0, 1)")
         return torch.from_numpy(out)
 
     def mask_noise(self, x0: Tensor, keep: Tensor, uniforms: Tensor, mask_id: int) -> Tensor:

@@ -60,7 +60,7 @@ import torch
 from pydantic import Field
 
 import ddkit
-from ddkit import steps
+from ddkit import kernels, steps
 
 Eta = Annotated[float | None, Field(ge=0.0, le=1.0, allow_inf_nan=False,
                                      description="eta of the strategy (default: the paper's)")]
@@ -167,18 +167,19 @@ class RemaskingRule(ddkit.UnmaskingRule):
         logits = state.calls.mean_logits(x, scratch["remdm_times"][i].expand(x.shape[0]))
         new = steps.masked_step(state, logits, scratch["remdm_unmask"][i], tokens=tokens, argmax=argmax,
                                 backend=backend)
-        clean = (x != mask_id) & ~state.fixed
         if self.strategy == "conf":
             self._record_confidence(state, x, new, logits)
         if scratch["remdm_remasks"][i]:
             sigma = scratch["remdm_sigma"][i]
             if self.strategy == "conf":  # weights softmax(-psi) over the free clean positions
+                clean = (x != mask_id) & ~state.fixed
                 sigma = sigma * torch.softmax((-state.confidence).masked_fill(~clean, float("-inf")), -1).nan_to_num(0.0)
             u = torch.rand(x.shape, generator=state.generator, dtype=torch.float64, device=x.device)
-            remask = clean & (u < sigma)
-            new = torch.where(remask, mask_id, new)
+            unmasked = new
+            new = kernels.remask(x, unmasked, sigma, u, free=~state.fixed, mask_id=mask_id, backend=backend)
             if state.confidence is not None:
-                state.confidence = state.confidence.masked_fill(remask, float("inf"))
+                remasked = (new == mask_id) & (unmasked != mask_id)
+                state.confidence = state.confidence.masked_fill(remasked, float("inf"))
         return new
 
     @staticmethod
