@@ -23,9 +23,9 @@ Operations
 ``mask_noise(x0 [B, N], keep_prob [B] | [B, N], uniforms [B, N], mask_id)``
     Forward noising of the masked process, :math:`x_t = x_0` iff :math:`u < \alpha_t`, else
     the mask.
-``remask(x [B, N], new [B, N], remask_prob [B] | [B, N], uniforms [B, N], free [B, N], mask_id)``
+``remask(x [B, N], new [B, N], remask_prob [B] | [B, N], uniforms [B, N], fixed [B, N], mask_id)``
     Remasking after a masked step from ``x`` to ``new``: a position that held a clean token
-    in ``x`` and is ``free`` (not a fixed prompt token) becomes the mask iff
+    in ``x`` and is not ``fixed`` (a prompt token) becomes the mask iff
     :math:`u < \sigma`; every other position keeps its token of ``new`` (those just
     unmasked too). ReMDM's remasking and the forward–backward corrector's masking rate.
 ``uniform_noise(x0, keep_prob, u_keep, u_token, vocab_size)``
@@ -310,7 +310,7 @@ class KernelBackend:
     * ``uniform_noise(x0 [B, N], keep, u_keep [B, N] f64, u_token [B, N] f64, vocab_size)``
       -> ``[B, N]``;
     * ``remask(x [B, N], new [B, N], remask_prob [B, 1] or [B, N] f64, u [B, N] f64,
-      free [B, N] bool, mask_id)`` -> ``[B, N]``;
+      fixed [B, N] bool, mask_id)`` -> ``[B, N]``;
     * ``token_probability(logits [R, V], tokens [R] int64)`` -> ``[R]`` float64, NaN for a
       row without a usable maximum (:func:`reference_token_probability`).
 
@@ -526,20 +526,20 @@ def mask_noise(x0: Tensor, keep_prob: Tensor | float, uniforms: Tensor, *, mask_
     return kernels.mask_noise(x0, keep, u, int(mask_id))
 
 
-def remask(x: Tensor, new: Tensor, remask_prob: Tensor | float, uniforms: Tensor, *, free: Tensor, mask_id: int,
+def remask(x: Tensor, new: Tensor, remask_prob: Tensor | float, uniforms: Tensor, *, fixed: Tensor, mask_id: int,
            backend: str = AUTO) -> Tensor:
     r"""Remasking after a masked step from ``x`` to ``new`` (module docstring): positions
-    clean in ``x`` and ``free`` become ``mask_id`` iff :math:`u < \sigma`, ``remask_prob``
+    clean in ``x`` and not ``fixed`` become ``mask_id`` iff :math:`u < \sigma`, ``remask_prob``
     (:math:`\sigma`: a number, ``[B]`` or ``[B, N]``). Returns the new tokens."""
     x, new = _tokens(x, "x"), _tokens(new, "new")
     shape, device = tuple(x.shape), x.device
-    if tuple(new.shape) != shape or not isinstance(free, Tensor) or free.dtype != torch.bool \
-            or tuple(free.shape) != shape:
-        raise ValueError(f"new must be a LongTensor and free a BoolTensor of the shape of x {shape}")
+    if tuple(new.shape) != shape or not isinstance(fixed, Tensor) or fixed.dtype != torch.bool \
+            or tuple(fixed.shape) != shape:
+        raise ValueError(f"new must be a LongTensor and fixed a BoolTensor of the shape of x {shape}")
     sigma = _per_position(remask_prob, shape, device, "remask_prob")
     kernels = resolve(backend, "remask", device)
     u, = _uniforms(kernels, shape, device, uniforms=uniforms)
-    return kernels.remask(x, new.to(device), sigma, u, free.to(device).contiguous(), int(mask_id))
+    return kernels.remask(x, new.to(device), sigma, u, fixed.to(device).contiguous(), int(mask_id))
 
 
 def uniform_noise(x0: Tensor, keep_prob: Tensor | float, u_keep: Tensor, u_token: Tensor, *, vocab_size: int,

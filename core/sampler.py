@@ -160,8 +160,10 @@ class DenoiserCalls:
 
     __call__ = log_mean
 
-    @torch.no_grad()
     def _call(self, method: str, x: Tensor, t: Tensor, *, cacheable: bool) -> Tensor:
+        if torch.is_grad_enabled():  # a sampler's walk already runs without; a direct call may not
+            with torch.no_grad():
+                return self._call(method, x, t, cacheable=cacheable)
         cache = self.cache and cacheable
         if cache and self._last is not None and self._last[0] == method and torch.equal(self._last[1], x):
             return self._last[2]

@@ -419,12 +419,12 @@ def test_remask_backends_agree_with_the_definition(seed, per_row):
     sigma = torch.rand(B if per_row else (B, N), generator=gen, dtype=torch.float64)
     u = torch.rand(B, N, generator=gen, dtype=torch.float64)
     free = torch.rand(B, N, generator=gen) < 0.8
-    out = [K.remask(x, new, sigma, u, free=free, mask_id=V, backend=b) for b in BACKENDS]
+    out = [K.remask(x, new, sigma, u, fixed=~free, mask_id=V, backend=b) for b in BACKENDS]
     assert torch.equal(out[0], out[1])
     hit = (x != V) & free & (u < (sigma[:, None] if per_row else sigma))
     assert torch.equal(out[0], torch.where(hit, V, new))
-    with pytest.raises(ValueError, match="free a BoolTensor"):
-        K.remask(x, new, sigma, u, free=free.long(), mask_id=V)
+    with pytest.raises(ValueError, match="fixed a BoolTensor"):
+        K.remask(x, new, sigma, u, fixed=free.long(), mask_id=V)
 
 
 def test_uniform_noise_has_the_marginal_of_the_uniform_process():
@@ -615,7 +615,7 @@ def test_every_operation_rejects_uniforms_outside_the_unit_interval(backend, bad
         # p_unmask = 0: no position moves, yet the unread u_token is checked
         "masked_step u_token": lambda u: K.masked_step(x, logits, 0.0, good, u, mask_id=V, backend=backend),
         "mask_noise": lambda u: K.mask_noise(x0, 0.5, u, mask_id=V, backend=backend),
-        "remask": lambda u: K.remask(x0, x0, 0.5, u, free=x0 >= 0, mask_id=V, backend=backend),
+        "remask": lambda u: K.remask(x0, x0, 0.5, u, fixed=x0 < 0, mask_id=V, backend=backend),
         "uniform_noise u_keep": lambda u: K.uniform_noise(x0, 0.5, u, good, vocab_size=V, backend=backend),
         "uniform_noise u_token": lambda u: K.uniform_noise(x0, 0.5, good, u, vocab_size=V, backend=backend),
     }

@@ -73,8 +73,8 @@ def test_commit_topk_and_noising_on_cuda_equal_cpu():
     assert torch.equal(K.mask_noise(x0.cuda(), alpha.cuda(), u.cuda(), mask_id=9).cpu(),
                        K.mask_noise(x0, alpha, u, mask_id=9))
     free = u2 < 0.9
-    assert torch.equal(K.remask(x0.cuda(), x0.cuda(), alpha.cuda(), u.cuda(), free=free.cuda(), mask_id=9).cpu(),
-                       K.remask(x0, x0, alpha, u, free=free, mask_id=9))
+    assert torch.equal(K.remask(x0.cuda(), x0.cuda(), alpha.cuda(), u.cuda(), fixed=~free.cuda(), mask_id=9).cpu(),
+                       K.remask(x0, x0, alpha, u, fixed=~free, mask_id=9))
     assert torch.equal(K.uniform_noise(x0.cuda(), alpha.cuda(), u.cuda(), u2.cuda(), vocab_size=9).cpu(),
                        K.uniform_noise(x0, alpha, u, u2, vocab_size=9))
 

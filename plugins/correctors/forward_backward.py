@@ -151,7 +151,7 @@ def masked_corrector_step(state: ddkit.SamplerState, p_unmask: Tensor, p_remask:
     logits = state.calls.mean_logits(x, state.t)
     new = steps.masked_step(state, logits, p_unmask, tokens=UNFILTERED, backend=backend)
     u = torch.rand(x.shape, generator=state.generator, dtype=torch.float64, device=x.device)
-    return kernels.remask(x, new, p_remask, u, free=~state.fixed, mask_id=state.process.mask_id, backend=backend)
+    return kernels.remask(x, new, p_remask, u, fixed=state.fixed, mask_id=state.process.mask_id, backend=backend)
 
 
 def predictor_step(state: ddkit.SamplerState, corrector: str) -> Tensor:

@@ -430,9 +430,9 @@ def mask_noise(x0, keep, uniforms, mask_id, out):
 
 
 @njit(cache=True)
-def remask(x, sigma, uniforms, free, mask_id, out):
-    """``out = mask_id`` where ``x`` is clean, ``free`` and ``u < sigma`` (``out`` holds the
-    new tokens); returns whether every uniform lies in [0, 1)."""
+def remask(x, sigma, uniforms, fixed, mask_id, out):
+    """``out = mask_id`` where ``x`` is clean, not ``fixed`` and ``u < sigma`` (``out`` holds
+    the new tokens); returns whether every uniform lies in [0, 1)."""
     B, N = x.shape
     step = 1 if sigma.shape[1] > 1 else 0
     bad = 0
@@ -440,7 +440,7 @@ def remask(x, sigma, uniforms, free, mask_id, out):
         for j in range(N):
             u = uniforms[b, j]
             bad += _bad_uniform(u)
-            if x[b, j] != mask_id and free[b, j] and u < sigma[b, j * step]:
+            if x[b, j] != mask_id and not fixed[b, j] and u < sigma[b, j * step]:
                 out[b, j] = mask_id
     return bad == 0
 

@@ -181,7 +181,7 @@ class NumbaKernels(KernelBackend):
         if "uniform_noise" in ops:
             ops_module.uniform_noise(x, 0.5, u, u, vocab_size=3, backend=self.name)
         if "remask" in ops:
-            ops_module.remask(x, x, 0.5, u, free=u > 0, mask_id=2, backend=self.name)
+            ops_module.remask(x, x, 0.5, u, fixed=u < 0, mask_id=2, backend=self.name)
         return _cache_misses(impl) > misses
 
     def supports(self, op: str, device: torch.device) -> bool:
@@ -230,9 +230,9 @@ class NumbaKernels(KernelBackend):
         kernels().token_probability(logits.numpy(), tokens.numpy(), out)
         return torch.from_numpy(out)
 
-    def remask(self, x: Tensor, new: Tensor, sigma: Tensor, uniforms: Tensor, free: Tensor, mask_id: int) -> Tensor:
+    def remask(self, x: Tensor, new: Tensor, sigma: Tensor, uniforms: Tensor, fixed: Tensor, mask_id: int) -> Tensor:
         out = new.numpy().copy()
-        if not kernels().remask(x.numpy(), sigma.numpy(), uniforms.numpy(), free.numpy(), mask_id, out):
+        if not kernels().remask(x.numpy(), sigma.numpy(), uniforms.numpy(), fixed.numpy(), mask_id, out):
             raise ValueError("uniforms must lie in [0, 1)")
         return torch.from_numpy(out)
 

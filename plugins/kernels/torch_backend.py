@@ -83,8 +83,8 @@ class TorchKernels(KernelBackend):
     def mask_noise(self, x0: Tensor, keep: Tensor, uniforms: Tensor, mask_id: int) -> Tensor:
         return x0.masked_fill(uniforms >= keep, mask_id)
 
-    def remask(self, x: Tensor, new: Tensor, sigma: Tensor, uniforms: Tensor, free: Tensor, mask_id: int) -> Tensor:
-        return new.masked_fill((x != mask_id) & free & (uniforms < sigma), mask_id)
+    def remask(self, x: Tensor, new: Tensor, sigma: Tensor, uniforms: Tensor, fixed: Tensor, mask_id: int) -> Tensor:
+        return new.masked_fill((x != mask_id) & ~fixed & (uniforms < sigma), mask_id)
 
     def uniform_noise(self, x0: Tensor, keep: Tensor, u_keep: Tensor, u_token: Tensor, vocab_size: int) -> Tensor:
         replacement = (u_token * vocab_size).to(torch.long).clamp_max(vocab_size - 1)

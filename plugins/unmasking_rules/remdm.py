@@ -176,7 +176,7 @@ class RemaskingRule(ddkit.UnmaskingRule):
                 sigma = sigma * torch.softmax((-state.confidence).masked_fill(~clean, float("-inf")), -1).nan_to_num(0.0)
             u = torch.rand(x.shape, generator=state.generator, dtype=torch.float64, device=x.device)
             unmasked = new
-            new = kernels.remask(x, unmasked, sigma, u, free=~state.fixed, mask_id=mask_id, backend=backend)
+            new = kernels.remask(x, unmasked, sigma, u, fixed=state.fixed, mask_id=mask_id, backend=backend)
             if state.confidence is not None:
                 remasked = (new == mask_id) & (unmasked != mask_id)
                 state.confidence = state.confidence.masked_fill(remasked, float("inf"))
