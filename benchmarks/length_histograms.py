@@ -127,31 +127,43 @@ def trained_configs(steps: int, sample_steps: int) -> dict[str, dict]:
     }
 
 
-def trained_part(num: int, steps: int, sample_steps: int, seed: int, out: Path) -> tuple[dict, dict, dict]:
+def train_and_sample(name: str, config: dict, out: Path, num: int, length: int, seed: int) -> dict:
+    """Train ``config`` into ``out / config['name']`` unless that run has finished, then draw
+    ``num`` sequences of ``length`` with the run's sampler. Returns the sample ``result``, the
+    test bound in nats per sequence, the parameter count and the sampling seconds."""
     from ddkit.contrib.pipeline import AutocastDenoiser
     from ddkit.contrib.pipeline_config import load_pipeline
     from ddkit.contrib.runner import load_run, run_pipeline
 
+    run_dir = out / config["name"]
+    if not (run_dir / "eval.json").is_file():
+        start = time.perf_counter()
+        run_pipeline(load_pipeline(config), run_dir, log=lambda *a, **k: None)
+        print(f"trained {name} in {time.perf_counter() - start:.0f} s", flush=True)
+    pipeline, _ = load_run(run_dir)
+    sampler = pipeline.sampler
+    start = time.perf_counter()
+    result = sampler.sample(AutocastDenoiser(pipeline.model, pipeline), pipeline.process, num_samples=num,
+                            length=length, generator=torch.Generator().manual_seed(seed),
+                            parameterization=pipeline.parameterization_for(sampler))
+    seconds = time.perf_counter() - start
+    nats = json.loads((run_dir / "eval.json").read_text())["continuous"]["nats_per_token"] * length
+    return {"result": result, "nats": nats, "seconds": seconds,
+            "parameters": sum(p.numel() for p in pipeline.model.parameters())}
+
+
+def trained_part(num: int, steps: int, sample_steps: int, seed: int, out: Path) -> tuple[dict, dict, dict]:
     law = chain()
     test = chain().sample(num, torch.Generator().manual_seed(seed))
     lengths, bad, extra = {"test split (data)": sample_lengths(test, end_id=VOCAB)}, {}, {}
     mean_length = float((law.length_probs() * torch.arange(SEQ_LEN + 1)).sum())
     for name, config in trained_configs(steps, sample_steps).items():
-        run_dir = out / config["name"]
-        if not (run_dir / "eval.json").is_file():
-            start = time.perf_counter()
-            run_pipeline(load_pipeline(config), run_dir, log=lambda *a, **k: None)
-            print(f"trained {name} in {time.perf_counter() - start:.0f} s")
-        pipeline, _ = load_run(run_dir)
-        sampler = pipeline.sampler
-        result = sampler.sample(AutocastDenoiser(pipeline.model, pipeline), pipeline.process, num_samples=num,
-                                length=SEQ_LEN, generator=torch.Generator().manual_seed(seed),
-                                parameterization=pipeline.parameterization_for(sampler))
+        run = train_and_sample(name, config, out, num, SEQ_LEN, seed)
+        result, nats = run["result"], run["nats"]
         lengths[name], bad[name] = lengths_of(result)
-        nats = json.loads((run_dir / "eval.json").read_text())["continuous"]["nats_per_token"] * SEQ_LEN
         extra[name] = {"nfe": result.nfe, "bound_nats_per_sequence": nats,
                        "bound_bits_per_char": nats / mean_length / math.log(2),
-                       "parameters": sum(p.numel() for p in pipeline.model.parameters()), **result.info}
+                       "parameters": run["parameters"], **result.info}
     # the FlexMDM bound of the exact denoiser: how far above the entropy the bound itself lies
     process = ddkit.build("process", "insertion", vocab_size=VOCAB + 1)
     loss = ddkit.build("loss", "flexmdm", process=process)
@@ -203,10 +215,6 @@ def corpus_configs(steps: int, sample_steps: int, pad_id: int) -> dict[str, dict
 
 
 def corpus_part(num: int, steps: int, sample_steps: int, seed: int, out: Path) -> tuple[dict, dict, dict, Tensor]:
-    from ddkit.contrib.pipeline import AutocastDenoiser
-    from ddkit.contrib.pipeline_config import load_pipeline
-    from ddkit.contrib.runner import load_run, run_pipeline
-
     dataset = {k: v for k, v in CORPUS_DATA["dataset"].items() if k != "name"}
     splits = ddkit.build("dataset", "pydoc_paragraphs", **dataset).load(None, CORPUS_LEN)
     pad_id = splits.info["pad_id"]
@@ -217,23 +225,13 @@ def corpus_part(num: int, steps: int, sample_steps: int, seed: int, out: Path) -
     extra = {"data": {"paragraphs": splits.info["paragraphs"], "left_out": splits.info["left_out"],
                       "test_mean_characters": mean_length}}
     for name, config in corpus_configs(steps, sample_steps, pad_id).items():
-        run_dir = out / config["name"]
-        if not (run_dir / "eval.json").is_file():
-            start = time.perf_counter()
-            run_pipeline(load_pipeline(config), run_dir, log=lambda *a, **k: None)
-            print(f"trained {name} in {time.perf_counter() - start:.0f} s", flush=True)
-        pipeline, _ = load_run(run_dir)
-        sampler = pipeline.sampler
-        start = time.perf_counter()
-        result = sampler.sample(AutocastDenoiser(pipeline.model, pipeline), pipeline.process, num_samples=num,
-                                length=CORPUS_LEN, generator=torch.Generator().manual_seed(seed),
-                                parameterization=pipeline.parameterization_for(sampler))
+        run = train_and_sample(name, config, out, num, CORPUS_LEN, seed)
+        result, nats = run["result"], run["nats"]
         lengths[name] = sample_lengths(result.tokens, end_id=pad_id, lengths=result.lengths)
         bad[name] = malformed(result.tokens, end_id=pad_id)
-        nats = json.loads((run_dir / "eval.json").read_text())["continuous"]["nats_per_token"] * CORPUS_LEN
-        extra[name] = {"nfe": result.nfe, "sampling_seconds": time.perf_counter() - start,
+        extra[name] = {"nfe": result.nfe, "sampling_seconds": run["seconds"],
                        "bound_nats_per_paragraph": nats, "bound_bits_per_char": nats / mean_length / math.log(2),
-                       "parameters": sum(p.numel() for p in pipeline.model.parameters()), **result.info}
+                       "parameters": run["parameters"], **result.info}
     return lengths, bad, extra, train_lengths
 
 

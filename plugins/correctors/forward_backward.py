@@ -55,9 +55,8 @@ from pydantic import Field
 from torch import Tensor
 
 import ddkit
-from ddkit import steps
+from ddkit import kernels, steps
 from ddkit.categorical import sample_categorical
-from ddkit import kernels
 from ddkit.kernels import TokenFilter
 from ddkit.sampler import Backend
 
@@ -192,13 +191,13 @@ class ForwardBackwardCorrector(ddkit.Corrector):
                 return
             h = torch.where(active, h, 0.0)
         masked = masked_rates(state)
-        if masked is not None:
-            p_unmask, p_remask = -torch.expm1(-h * torch.stack(masked))  # one pass for both
-        for _ in range(self.num_steps):
-            if masked is None:
+        if masked is None:
+            for _ in range(self.num_steps):
                 state.x = exponential_step(state, corrector_rates(state), h)
-            else:
-                state.x = masked_corrector_step(state, p_unmask, p_remask, backend=self.backend)
+            return
+        p_unmask, p_remask = -torch.expm1(-h * torch.stack(masked))  # one pass for both
+        for _ in range(self.num_steps):
+            state.x = masked_corrector_step(state, p_unmask, p_remask, backend=self.backend)
 
 
 @ddkit.hookimpl
