@@ -122,7 +122,8 @@ def kernel_cases(shape, device, gen):
         ("commit_topk k=N/8", lambda b: K.commit_topk(scores, eligible, k, backend=b)),
         ("mask_noise", lambda b: K.mask_noise(x0, alpha, u, mask_id=V, backend=b)),
         ("uniform_noise", lambda b: K.uniform_noise(x0, alpha, u, u2, vocab_size=V, backend=b)),
-        ("remask", lambda b: K.remask(x0, x0, alpha, u, fixed=eligible, mask_id=V, backend=b)),
+        ("masked_step p=1/4, remasking", lambda b: K.masked_step(x0, logits, 0.25, u, u2, mask_id=V, remask_prob=alpha,
+                                                                  u_remask=u, fixed=eligible, backend=b)),
     ]
 
 

@@ -16,22 +16,26 @@ Operations
     takes the category that ``categorical`` draws from its logits with ``u_token`` (or the
     first maximal logit with ``argmax=True``); every other position is unchanged. In law this
     is the posterior :math:`p(x_s \mid x_t)` of the masked process; only the rows that unmask
-    are read, so a step costs :math:`O(B N + n_{\text{unmask}} V)`.
+    are read, so a step costs :math:`O(B N + n_{\text{unmask}} V)`. With ``remask_prob``
+    :math:`\sigma` (``[B]`` | ``[B, N]``, uniforms ``u_remask`` and the ``fixed`` positions) the
+    same pass also remasks: a position that holds a clean token in ``x`` and is not fixed (a
+    prompt token) becomes the mask iff ``u_remask < remask_prob``; the positions that just
+    unmasked keep their token. ReMDM's remasking posterior and the forward–backward
+    corrector's step.
 ``commit_topk(scores [B, N], eligible [B, N], k [B])`` -> ``BoolTensor [B, N]``
     Confidence ranking: per sequence, the ``k[b]`` eligible positions with the highest scores
     (all of them if fewer), ties broken by the lower position.
 ``mask_noise(x0 [B, N], keep_prob [B] | [B, N], uniforms [B, N], mask_id)``
     Forward noising of the masked process, :math:`x_t = x_0` iff :math:`u < \alpha_t`, else
     the mask.
-``remask(x [B, N], new [B, N], remask_prob [B] | [B, N], uniforms [B, N], fixed [B, N], mask_id)``
-    Remasking after a masked step from ``x`` to ``new``: a position that held a clean token
-    in ``x`` and is not ``fixed`` (a prompt token) becomes the mask iff
-    :math:`u < \sigma`; every other position keeps its token of ``new`` (those just
-    unmasked too). ReMDM's remasking and the forward–backward corrector's masking rate.
 ``uniform_noise(x0, keep_prob, u_keep, u_token, vocab_size)``
     Forward noising of the uniform process, :math:`x_t = x_0` iff :math:`u < \alpha_t`, else
     :math:`\lfloor u' V \rfloor` (a uniform token, possibly :math:`x_0` itself), which is
     :math:`\mathrm{Cat}(\alpha_t x_0 + (1 - \alpha_t)/V)`.
+``any_equal(x [B, N], value)`` -> ``bool``
+    Whether some token equals ``value``: a masked sampler's test, every step, for masks left
+    (a compare-and-reduce in torch costs more than the step's other bookkeeping at small
+    shapes; the Numba loop stops at the first match).
 
 The reference inverse CDF
 -------------------------
@@ -104,7 +108,7 @@ from .categorical import group_before
 from .errors import NumericalError, UnknownComponentError
 from .registry import get_registry, unknown_name_message
 
-OPS = ("categorical", "masked_step", "commit_topk", "mask_noise", "uniform_noise", "token_probability", "remask")
+OPS = ("categorical", "masked_step", "commit_topk", "mask_noise", "uniform_noise", "token_probability", "any_equal")
 AUTO = "auto"
 BACKEND_ENV = "DDKIT_KERNEL_BACKEND"
 
@@ -277,12 +281,17 @@ def _row_codes(row_max: Tensor) -> Tensor:
 
 
 def check_codes(codes: Tensor) -> None:
-    """Raise if a backend reported a bad row: :class:`ddkit.NumericalError` for logits that
-    cannot be sampled (NaN, +inf, all -inf: the model's output), :class:`ValueError` for a
-    caller's bad uniforms."""
-    if codes.numel() == 0:
+    """Raise if a backend reported a bad row in ``codes`` (:func:`raise_for_code`)."""
+    if codes.numel():
+        raise_for_code(codes.min().item())
+
+
+def raise_for_code(worst: int) -> None:
+    """Raise for the lowest code of a sampling result (0 or a category: nothing to raise):
+    :class:`ddkit.NumericalError` for logits that cannot be sampled (NaN, +inf, all -inf: the
+    model's output), :class:`ValueError` for a caller's bad uniforms."""
+    if worst >= 0:
         return
-    worst = codes.min().item()
     if worst == NAN_OR_POSINF_LOGIT:
         raise NumericalError("logits contain NaN or +inf (after the temperature) in a sampled row")
     if worst == NO_FINITE_LOGIT:
@@ -303,25 +312,29 @@ class KernelBackend:
     * ``categorical(logits [R, V], uniforms [R] float64, token_filter)`` -> ``[R]`` int64
       categories or error codes;
     * ``masked_step(x [B, N] int64, logits [B*N, V], p_unmask [B, 1] or [B, N] f64,
-      u_move [B, N] f64, u_token [B, N] f64, mask_id, token_filter, argmax)`` -> ``[B, N]``
-      int64 (error codes allowed);
+      u_move [B, N] f64, u_token [B, N] f64, mask_id, token_filter, argmax, remask)`` ->
+      ``[B, N]`` int64 (error codes allowed); ``remask``: ``None`` or ``(remask_prob [B, 1]
+      or [B, N] f64, u_remask [B, N] f64, fixed [B, N] bool)``;
     * ``commit_topk(scores [B, N] f64, eligible [B, N] bool, k [B] int64)`` -> ``[B, N]`` bool;
     * ``mask_noise(x0 [B, N], keep [B, 1] or [B, N] f64, u [B, N] f64, mask_id)`` -> ``[B, N]``;
     * ``uniform_noise(x0 [B, N], keep, u_keep [B, N] f64, u_token [B, N] f64, vocab_size)``
       -> ``[B, N]``;
-    * ``remask(x [B, N], new [B, N], remask_prob [B, 1] or [B, N] f64, u [B, N] f64,
-      fixed [B, N] bool, mask_id)`` -> ``[B, N]``;
     * ``token_probability(logits [R, V], tokens [R] int64)`` -> ``[R]`` float64, NaN for a
-      row without a usable maximum (:func:`reference_token_probability`).
+      row without a usable maximum (:func:`reference_token_probability`);
+    * ``any_equal(x [B, N] int64, value)`` -> ``bool``.
 
     The uniforms are checked to lie in [0, 1) before the call, unless the backend sets
     ``checks_uniforms``: then its kernels check them while they read them (no extra pass) and
     report a bad one with the code :data:`BAD_UNIFORM` (``categorical``) or a
-    :class:`ValueError` (the other operations).
+    :class:`ValueError` (the other operations). Likewise the results of ``categorical`` and
+    ``masked_step`` are searched for error codes after the call (:func:`check_codes`),
+    unless the backend sets ``checks_codes``: then it raises itself (:func:`raise_for_code`
+    with the lowest code its kernels wrote).
     """
 
     name: ClassVar[str] = ""
     checks_uniforms: ClassVar[bool] = False
+    checks_codes: ClassVar[bool] = False
 
     def auto_priority(self, op: str, device: torch.device) -> int | None:
         """Priority of this backend for ``op`` on ``device`` under ``backend="auto"``;
@@ -477,15 +490,18 @@ def categorical(logits: Tensor, uniforms: Tensor, *, temperature: float = 1.0, t
     if rows.shape[0] == 0:
         return torch.empty(logits.shape[:-1], dtype=torch.long, device=rows.device)
     out = kernels.categorical(rows, u, token_filter)
-    check_codes(out)
+    if not kernels.checks_codes:
+        check_codes(out)
     return out.reshape(logits.shape[:-1])
 
 
 def masked_step(x: Tensor, logits: Tensor, p_unmask: Tensor | float, u_move: Tensor, u_token: Tensor, *,
                 mask_id: int, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                argmax: bool = False, backend: str = AUTO) -> Tensor:
+                argmax: bool = False, remask_prob: Tensor | float | None = None, u_remask: Tensor | None = None,
+                fixed: Tensor | None = None, backend: str = AUTO) -> Tensor:
     """One reverse step of masked diffusion (module docstring); returns the new ``x``.
-    ``p_unmask``: a number, one per sequence ``[B]`` or one per position ``[B, N]``."""
+    ``p_unmask`` and ``remask_prob``: a number, one per sequence ``[B]`` or one per position
+    ``[B, N]``; with ``remask_prob``, ``u_remask`` and ``fixed`` (BoolTensor ``[B, N]``) too."""
     token_filter = TokenFilter(temperature, top_k, top_p)
     x = _tokens(x, "x")
     if logits.dim() != 3 or tuple(logits.shape[:2]) != tuple(x.shape):
@@ -495,9 +511,21 @@ def masked_step(x: Tensor, logits: Tensor, p_unmask: Tensor | float, u_move: Ten
     rows = _logits(logits).to(device)
     p = _per_position(p_unmask, shape, device, "p_unmask")
     kernels = resolve(backend, "masked_step", device)
-    u_move, u_token = _uniforms(kernels, shape, device, u_move=u_move, u_token=u_token)
-    out = kernels.masked_step(x, rows, p, u_move, u_token, int(mask_id), token_filter, bool(argmax))
-    check_codes(out)
+    if remask_prob is None:
+        if u_remask is not None or fixed is not None:
+            raise ValueError("u_remask and fixed go with remask_prob, which is missing")
+        remask = None
+        u_move, u_token = _uniforms(kernels, shape, device, u_move=u_move, u_token=u_token)
+    else:
+        if not isinstance(fixed, Tensor) or fixed.dtype != torch.bool or tuple(fixed.shape) != shape:
+            raise ValueError(f"remask_prob needs fixed, a BoolTensor of the shape of x {shape}, got "
+                             f"{type(fixed).__name__ if fixed is None else (fixed.dtype, tuple(fixed.shape))}")
+        u_move, u_token, u_remask = _uniforms(kernels, shape, device, u_move=u_move, u_token=u_token,
+                                              u_remask=u_remask)
+        remask = (_per_position(remask_prob, shape, device, "remask_prob"), u_remask, fixed.to(device).contiguous())
+    out = kernels.masked_step(x, rows, p, u_move, u_token, int(mask_id), token_filter, bool(argmax), remask)
+    if not kernels.checks_codes:
+        check_codes(out)
     return out
 
 
@@ -526,22 +554,6 @@ def mask_noise(x0: Tensor, keep_prob: Tensor | float, uniforms: Tensor, *, mask_
     return kernels.mask_noise(x0, keep, u, int(mask_id))
 
 
-def remask(x: Tensor, new: Tensor, remask_prob: Tensor | float, uniforms: Tensor, *, fixed: Tensor, mask_id: int,
-           backend: str = AUTO) -> Tensor:
-    r"""Remasking after a masked step from ``x`` to ``new`` (module docstring): positions
-    clean in ``x`` and not ``fixed`` become ``mask_id`` iff :math:`u < \sigma`, ``remask_prob``
-    (:math:`\sigma`: a number, ``[B]`` or ``[B, N]``). Returns the new tokens."""
-    x, new = _tokens(x, "x"), _tokens(new, "new")
-    shape, device = tuple(x.shape), x.device
-    if tuple(new.shape) != shape or not isinstance(fixed, Tensor) or fixed.dtype != torch.bool \
-            or tuple(fixed.shape) != shape:
-        raise ValueError(f"new must be a LongTensor and fixed a BoolTensor of the shape of x {shape}")
-    sigma = _per_position(remask_prob, shape, device, "remask_prob")
-    kernels = resolve(backend, "remask", device)
-    u, = _uniforms(kernels, shape, device, uniforms=uniforms)
-    return kernels.remask(x, new.to(device), sigma, u, fixed.to(device).contiguous(), int(mask_id))
-
-
 def uniform_noise(x0: Tensor, keep_prob: Tensor | float, u_keep: Tensor, u_token: Tensor, *, vocab_size: int,
                   backend: str = AUTO) -> Tensor:
     r"""Forward noising of the uniform process: :math:`x_t = x_0` iff :math:`u < \alpha_t`,
@@ -552,6 +564,12 @@ def uniform_noise(x0: Tensor, keep_prob: Tensor | float, u_keep: Tensor, u_token
     kernels = resolve(backend, "uniform_noise", device)
     u_keep, u_token = _uniforms(kernels, shape, device, u_keep=u_keep, u_token=u_token)
     return kernels.uniform_noise(x0, keep, u_keep, u_token, int(vocab_size))
+
+
+def any_equal(x: Tensor, value: int, *, backend: str = AUTO) -> bool:
+    """Whether some entry of the tokens ``x [B, N]`` equals ``value`` (e.g. the mask id)."""
+    x = _tokens(x, "x")
+    return bool(resolve(backend, "any_equal", x.device).any_equal(x, int(value)))
 
 
 def token_probability(logits: Tensor, tokens: Tensor, *, backend: str = AUTO) -> Tensor:

@@ -51,7 +51,7 @@ from pydantic import AfterValidator, Field
 from torch import Tensor
 
 from .denoiser import Denoiser
-from .kernels import TokenFilter, check_backend_name
+from .kernels import AUTO, TokenFilter, any_equal, check_backend_name
 from .parameterization import Parameterization
 from .process import Process
 from .registry import Component, build
@@ -143,7 +143,7 @@ class DenoiserCalls:
         #: network evaluations per call, as the denoiser declares (``ddkit.Denoiser``)
         self.evaluations_per_call = int(getattr(denoiser, "evaluations_per_call", 1))
         self.nfe = 0
-        self._last: tuple[str, Tensor, Tensor] | None = None
+        self._last: tuple[str, Tensor, int | None, Tensor] | None = None
 
     def log_mean(self, x: Tensor, t: Tensor) -> Tensor:
         r""":math:`\log \mu_\theta(x, t)`, ``[B, N, V]``."""
@@ -165,12 +165,17 @@ class DenoiserCalls:
             with torch.no_grad():
                 return self._call(method, x, t, cacheable=cacheable)
         cache = self.cache and cacheable
-        if cache and self._last is not None and self._last[0] == method and torch.equal(self._last[1], x):
-            return self._last[2]
+        if cache and self._last is not None:
+            last_method, last_x, version, out = self._last
+            # the previous input, kept by reference, is valid while not modified in place
+            # (its version counter unchanged); inference tensors have none and were copied
+            unchanged = version is None or last_x._version == version
+            if last_method == method and unchanged and (x is last_x or torch.equal(last_x, x)):
+                return out
         out = getattr(self.parameterization, method)(self.denoiser, x, t, self.process)
         self.nfe += self.evaluations_per_call
         if cache:
-            self._last = (method, x.clone(), out)
+            self._last = (method, x.clone(), None, out) if x.is_inference() else (method, x, x._version, out)
         return out
 
 
@@ -287,6 +292,8 @@ class Sampler:
     parameterization: Parameterization | None = None
     corrector: Corrector | None = None
     cache_outputs: bool = False
+    #: the kernel backend of the sampler's steps (:mod:`ddkit.kernels`), ``auto`` by default
+    backend: str = AUTO
 
     def sample(self, denoiser: Denoiser, process: Process, *, num_samples: int | None = None,
                length: int | None = None, prompt: Tensor | None = None,
@@ -337,7 +344,7 @@ class Sampler:
         if state.process.mask_id is None:
             raise NotImplementedError(f"{type(self).__name__} must implement finished() for a process "
                                       f"without a mask ({type(state.process).__name__})")
-        return not bool((state.x == state.process.mask_id).any())
+        return not any_equal(state.x, state.process.mask_id, backend=self.backend)
 
     def step(self, state: SamplerState) -> None:
         """One step: update ``state.x`` and ``state.t``."""

@@ -45,18 +45,21 @@ def unmask_probabilities(schedule: Schedule, grid: Tensor) -> Tensor:
 
 
 def masked_step(state: SamplerState, logits: Tensor, p_unmask: Tensor | float, *, tokens: TokenFilter,
-                argmax: bool = False, backend: str = "auto") -> Tensor:
+                argmax: bool = False, remask_prob: Tensor | float | None = None, backend: str = "auto") -> Tensor:
     """The masked posterior step: each masked token unmasks w.p. ``p_unmask`` (a number, per
     sequence or per position) and draws its token from the filtered mean (``logits``:
-    :meth:`ddkit.DenoiserCalls.mean_logits`; ``argmax``: the most likely token). Draws two
-    uniforms per position, in that order. Only masked positions change, so fixed positions
-    stay as they are. Returns the new tokens."""
+    :meth:`ddkit.DenoiserCalls.mean_logits`; ``argmax``: the most likely token); with
+    ``remask_prob`` (likewise) each free clean token is masked again w.p. ``remask_prob`` in
+    the same pass. Draws two uniforms per position (three with remasking), in that order.
+    Fixed positions stay as they are. Returns the new tokens."""
     x, generator = state.x, state.generator
-    u_move = torch.rand(x.shape, generator=generator, dtype=torch.float64, device=x.device)
-    u_token = torch.rand(x.shape, generator=generator, dtype=torch.float64, device=x.device)
+    u_move, u_token, *u_remask = (torch.rand(x.shape, generator=generator, dtype=torch.float64, device=x.device)
+                                  for _ in range(2 if remask_prob is None else 3))
+    remasking = {} if remask_prob is None else {"remask_prob": remask_prob, "u_remask": u_remask[0],
+                                                "fixed": state.fixed}
     return kernels.masked_step(
         x, logits, p_unmask, u_move, u_token, mask_id=state.process.mask_id, temperature=tokens.temperature,
-        top_k=tokens.top_k, top_p=tokens.top_p, argmax=argmax, backend=backend)
+        top_k=tokens.top_k, top_p=tokens.top_p, argmax=argmax, backend=backend, **remasking)
 
 
 def posterior_step(state: SamplerState, log_mean: Tensor, s: Tensor, t: Tensor, *, tokens: TokenFilter,

@@ -306,6 +306,33 @@ def test_bad_logits_and_uniforms_raise(backend):
         K.categorical(torch.zeros(2, 3), u, top_k=0, backend=backend)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("argmax", [False, True])
+@pytest.mark.parametrize("rows", [4, 12_000])  # the larger one takes Numba's parallel path with two threads
+def test_masked_step_raises_for_a_bad_row_only_where_it_unmasks(backend, argmax, rows):
+    """The kernels report the worst row of the ones they read (no pass over the rest): a NaN
+    row at a position that unmasks raises, one at a clean position or left masked does not."""
+    V = 33
+    x = torch.full((1, rows), V, dtype=torch.long)
+    x[0, 1] = 0
+    logits = torch.zeros(1, rows, V)
+    logits[0, 1] = float("nan")  # clean: never read
+    logits[0, 2] = float("nan")
+    p = torch.ones(1, rows, dtype=torch.float64)
+    p[0, 2] = 0.0  # stays masked: never read
+    u = torch.full((1, rows), 0.5, dtype=torch.float64)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        out = K.masked_step(x, logits, p, u, u, mask_id=V, argmax=argmax, backend=backend)
+        assert out[0, 2] == V and out[0, 1] == 0 and bool((out[0, 3:] < V).all())
+        logits[0, rows - 1, 5] = float("inf")
+        with pytest.raises(ValueError, match="NaN or \\+inf"):
+            K.masked_step(x, logits, p, u, u, mask_id=V, argmax=argmax, backend=backend)
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_vocabulary_of_one_and_empty_batches():
     for backend in BACKENDS:
         out = K.categorical(torch.zeros(3, 1), torch.tensor([0.0, 0.5, 0.9], dtype=torch.float64), backend=backend,
@@ -408,23 +435,42 @@ def test_forward_noising_backends_agree_with_the_definition(seed, per_row):
     assert torch.equal(uniform[0], torch.where(keep, x0, (u2 * V).floor().long().clamp_max(V - 1)))
 
 
-@given(seed=st.integers(0, 2 ** 31), per_row=st.booleans())
-def test_remask_backends_agree_with_the_definition(seed, per_row):
-    """Positions clean in x and free become the mask iff u < sigma; the rest keep new's token
-    (the positions new just unmasked too)."""
+@given(seed=st.integers(0, 2 ** 31), per_row=st.booleans(), argmax=st.booleans())
+def test_masked_step_with_remasking_agrees_with_the_definition(seed, per_row, argmax):
+    """With remask_prob the step is the plain masked step, then positions clean in x and free
+    become the mask iff u_remask < sigma (the positions that just unmasked keep their token),
+    identically on every backend."""
     gen = torch.Generator().manual_seed(seed)
     B, N, V = 3, 17, 5
     x = torch.randint(0, V + 1, (B, N), generator=gen)
-    new = torch.where(x == V, torch.randint(0, V + 1, (B, N), generator=gen), x)
+    logits = torch.randn(B, N, V, generator=gen)
+    p = torch.rand(B, generator=gen, dtype=torch.float64)
     sigma = torch.rand(B if per_row else (B, N), generator=gen, dtype=torch.float64)
-    u = torch.rand(B, N, generator=gen, dtype=torch.float64)
+    u_move, u_token, u_remask = (torch.rand(B, N, generator=gen, dtype=torch.float64) for _ in range(3))
     free = torch.rand(B, N, generator=gen) < 0.8
-    out = [K.remask(x, new, sigma, u, fixed=~free, mask_id=V, backend=b) for b in BACKENDS]
+    out = [K.masked_step(x, logits, p, u_move, u_token, mask_id=V, argmax=argmax, remask_prob=sigma,
+                         u_remask=u_remask, fixed=~free, backend=b) for b in BACKENDS]
     assert torch.equal(out[0], out[1])
-    hit = (x != V) & free & (u < (sigma[:, None] if per_row else sigma))
-    assert torch.equal(out[0], torch.where(hit, V, new))
-    with pytest.raises(ValueError, match="fixed a BoolTensor"):
-        K.remask(x, new, sigma, u, fixed=free.long(), mask_id=V)
+    plain = K.masked_step(x, logits, p, u_move, u_token, mask_id=V, argmax=argmax)
+    hit = (x != V) & free & (u_remask < (sigma[:, None] if per_row else sigma))
+    assert torch.equal(out[0], torch.where(hit, V, plain))
+    with pytest.raises(ValueError, match="fixed, a BoolTensor"):
+        K.masked_step(x, logits, p, u_move, u_token, mask_id=V, remask_prob=sigma, u_remask=u_remask,
+                      fixed=free.long())
+    with pytest.raises(ValueError, match="u_remask must be a tensor"):
+        K.masked_step(x, logits, p, u_move, u_token, mask_id=V, remask_prob=sigma, fixed=free)
+    with pytest.raises(ValueError, match="remask_prob, which is missing"):
+        K.masked_step(x, logits, p, u_move, u_token, mask_id=V, u_remask=u_remask, fixed=free)
+
+
+@given(seed=st.integers(0, 2 ** 31), B=st.integers(0, 4), N=st.integers(0, 9), value=st.integers(-1, 6))
+def test_any_equal_backends_agree_with_the_definition(seed, B, N, value):
+    x = torch.randint(0, 6, (B, N), generator=torch.Generator().manual_seed(seed))
+    expected = bool((x == value).any())
+    assert [K.any_equal(x, value, backend=b) for b in BACKENDS] == [expected] * len(BACKENDS)
+    assert K.any_equal(x.t(), value) == expected  # a transposed (non-contiguous) view
+    with pytest.raises(ValueError, match="LongTensor"):
+        K.any_equal(x.int(), value)
 
 
 def test_uniform_noise_has_the_marginal_of_the_uniform_process():
@@ -615,7 +661,8 @@ def test_every_operation_rejects_uniforms_outside_the_unit_interval(backend, bad
         # p_unmask = 0: no position moves, yet the unread u_token is checked
         "masked_step u_token": lambda u: K.masked_step(x, logits, 0.0, good, u, mask_id=V, backend=backend),
         "mask_noise": lambda u: K.mask_noise(x0, 0.5, u, mask_id=V, backend=backend),
-        "remask": lambda u: K.remask(x0, x0, 0.5, u, fixed=x0 < 0, mask_id=V, backend=backend),
+        "masked_step u_remask": lambda u: K.masked_step(x0, logits, 0.5, good, good, mask_id=V, remask_prob=0.5,
+                                                        u_remask=u, fixed=x0 < 0, backend=backend),
         "uniform_noise u_keep": lambda u: K.uniform_noise(x0, 0.5, u, good, vocab_size=V, backend=backend),
         "uniform_noise u_token": lambda u: K.uniform_noise(x0, 0.5, good, u, vocab_size=V, backend=backend),
     }

@@ -58,6 +58,14 @@ def test_masked_step_on_cuda_equals_cpu(argmax):
     gpu = K.masked_step(x.cuda(), logits.cuda(), p.cuda(), u_move.cuda(), u_token.cuda(), mask_id=500, top_k=50,
                         argmax=argmax)
     assert torch.equal(gpu.cpu(), cpu)
+    sigma, u_remask = torch.rand(4, 128, generator=gen, dtype=torch.float64), torch.rand(4, 128, generator=gen,
+                                                                                         dtype=torch.float64)
+    fixed = torch.rand(4, 128, generator=gen) < 0.1
+    cpu = K.masked_step(x, logits, p, u_move, u_token, mask_id=500, argmax=argmax, remask_prob=sigma,
+                        u_remask=u_remask, fixed=fixed)
+    gpu = K.masked_step(x.cuda(), logits.cuda(), p.cuda(), u_move.cuda(), u_token.cuda(), mask_id=500, argmax=argmax,
+                        remask_prob=sigma.cuda(), u_remask=u_remask.cuda(), fixed=fixed.cuda())
+    assert torch.equal(gpu.cpu(), cpu)
 
 
 def test_commit_topk_and_noising_on_cuda_equal_cpu():
@@ -72,9 +80,6 @@ def test_commit_topk_and_noising_on_cuda_equal_cpu():
     u, u2 = (torch.rand(5, 200, generator=gen, dtype=torch.float64) for _ in range(2))
     assert torch.equal(K.mask_noise(x0.cuda(), alpha.cuda(), u.cuda(), mask_id=9).cpu(),
                        K.mask_noise(x0, alpha, u, mask_id=9))
-    free = u2 < 0.9
-    assert torch.equal(K.remask(x0.cuda(), x0.cuda(), alpha.cuda(), u.cuda(), fixed=~free.cuda(), mask_id=9).cpu(),
-                       K.remask(x0, x0, alpha, u, fixed=~free, mask_id=9))
     assert torch.equal(K.uniform_noise(x0.cuda(), alpha.cuda(), u.cuda(), u2.cuda(), vocab_size=9).cpu(),
                        K.uniform_noise(x0, alpha, u, u2, vocab_size=9))
 

@@ -230,3 +230,22 @@ def test_samplers_never_read_clean_rows(name, params):
     sampler = ddkit.build("sampler", name, **params)
     clean = sampler.sample(Recorder(), process(), prompt=prompt, generator=gen(3)).tokens
     assert torch.equal(sampler.sample(poisoned, process(), prompt=prompt, generator=gen(3)).tokens, clean)
+
+
+@pytest.mark.parametrize("inference", [False, True])
+def test_cache_hits_equal_tokens_and_misses_tokens_changed_in_place(inference):
+    """The cache keeps the previous input by reference (or a copy for inference tensors,
+    which have no version counter): equal tokens hit, tokens modified in place miss."""
+    recorder = Recorder()
+    calls = ddkit.DenoiserCalls(recorder, process(), ddkit.build("parameterization", "mean"), cache=True)
+    t = torch.ones(2, dtype=torch.float64)
+    with torch.inference_mode(inference):
+        x = torch.full((2, 5), 3, dtype=torch.long)
+        first = calls.mean_logits(x, t)
+        assert calls.mean_logits(x, t) is first and calls.mean_logits(x.clone(), t) is first
+        assert calls.nfe == 1
+        x[0, 0] = 1  # the cached input itself changes
+        calls.mean_logits(x, t)
+        assert calls.nfe == 2
+        calls.mean_logits(x.clone(), t)
+        assert calls.nfe == 2

@@ -55,7 +55,7 @@ from pydantic import Field
 from torch import Tensor
 
 import ddkit
-from ddkit import kernels, steps
+from ddkit import steps
 from ddkit.categorical import sample_categorical
 from ddkit.kernels import TokenFilter
 from ddkit.sampler import Backend
@@ -143,14 +143,11 @@ def masked_corrector_step(state: ddkit.SamplerState, p_unmask: Tensor, p_remask:
                           backend: str = "auto") -> Tensor:
     """One corrector step of a masked process from the jump probabilities per sequence
     (``[B]``): free masks unmask w.p. ``p_unmask`` to a token drawn from the model's mean (one
-    call, the fused masked step with the kernel ``backend``), free clean tokens are masked
-    w.p. ``p_remask`` (one uniform per position, :func:`ddkit.kernels.remask`). Returns the
-    new tokens."""
-    x = state.x
-    logits = state.calls.mean_logits(x, state.t)
-    new = steps.masked_step(state, logits, p_unmask, tokens=UNFILTERED, backend=backend)
-    u = torch.rand(x.shape, generator=state.generator, dtype=torch.float64, device=x.device)
-    return kernels.remask(x, new, p_remask, u, fixed=state.fixed, mask_id=state.process.mask_id, backend=backend)
+    call), free clean tokens are masked w.p. ``p_remask``: both in one pass of the fused
+    masked step (:func:`ddkit.steps.masked_step` with the kernel ``backend``). Returns the new
+    tokens."""
+    logits = state.calls.mean_logits(state.x, state.t)
+    return steps.masked_step(state, logits, p_unmask, tokens=UNFILTERED, remask_prob=p_remask, backend=backend)
 
 
 def predictor_step(state: ddkit.SamplerState, corrector: str) -> Tensor:

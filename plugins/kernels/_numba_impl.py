@@ -313,12 +313,17 @@ def _bad_uniform(u):
 @njit(cache=True)
 def sample_span(logits, selected, uniforms, out, tau, top_k, top_p, argmax, lo, hi, w, buf):
     """``out[i]`` for ``i`` in ``selected[lo:hi]``: the category of ``logits[i]`` drawn with
-    ``uniforms[i]`` (or the first maximal entry with ``argmax``). Rows go four at a time so
-    their sequential cumulative sums interleave (``w``: scratch ``[4, V]``, ``buf``: ``[2, V]``)."""
+    ``uniforms[i]`` (or the first maximal entry with ``argmax``), or an error code. Rows go
+    four at a time so their sequential cumulative sums interleave (``w``: scratch ``[4, V]``,
+    ``buf``: ``[2, V]``). Returns the lowest code written (0: none), so that the caller needs
+    no pass over ``out`` to find one."""
+    worst = 0
     t = lo
     while t < hi:
         if argmax:
-            out[selected[t]] = _argmax_row(logits[selected[t]])
+            code = _argmax_row(logits[selected[t]])
+            out[selected[t]] = code
+            worst = min(worst, code)
             t += 1
             continue
         group = min(4, hi - t)
@@ -329,6 +334,7 @@ def sample_span(logits, selected, uniforms, out, tau, top_k, top_p, argmax, lo, 
                 code = _weights(logits[selected[t + r]], tau, top_k, top_p, w[r], buf)
             if code != 0:
                 w[r, :] = 1.0  # placeholder row, result replaced by the code below
+                worst = min(worst, code)
             out[selected[t + r]] = code
         for r in range(group, 4):
             w[r, :] = 0.0
@@ -338,20 +344,23 @@ def sample_span(logits, selected, uniforms, out, tau, top_k, top_p, argmax, lo, 
             if out[i] == 0:
                 out[i] = _search(w[r], uniforms[i])
         t += group
+    return worst
 
 
 @njit(parallel=True, cache=True)
 def sample_rows(logits, selected, uniforms, out, tau, top_k, top_p, argmax, chunks):
     """:func:`sample_span` over all of ``selected``, split in ``chunks`` contiguous parts (a
-    few per thread, each with its own scratch)."""
+    few per thread, each with its own scratch); returns the lowest code written (0: none)."""
     n = selected.shape[0]
     V = logits.shape[1]
     chunks = min(n, chunks)
+    worst = np.zeros(max(chunks, 1), np.int64)
     for c in prange(chunks):
         w = np.empty((4, V))
         buf = np.empty((2, V))
-        sample_span(logits, selected, uniforms, out, tau, top_k, top_p, argmax, c * n // chunks,
-                    (c + 1) * n // chunks, w, buf)
+        worst[c] = sample_span(logits, selected, uniforms, out, tau, top_k, top_p, argmax, c * n // chunks,
+                               (c + 1) * n // chunks, w, buf)
+    return worst.min()
 
 
 @njit(cache=True)
@@ -366,20 +375,31 @@ def _count_bad(u):
 
 
 @njit(cache=True)
-def select_moving(x, p_unmask, u_move, u_token, mask_id):
-    """Flat indices of the positions that unmask in a masked reverse step: ``x == mask_id``
-    and ``u < p`` (``p_unmask``: ``[B, 1]`` per sequence or ``[B, N]``); and whether every
-    uniform lies in [0, 1)."""
+def select_moving(x, p_unmask, u_move, u_token, mask_id, out, sigma, u_remask, fixed, remask):
+    """The pass over positions of a masked reverse step: copies ``x`` into ``out`` and returns
+    the flat indices of the positions that unmask, ``x == mask_id`` and ``u_move < p``
+    (``p_unmask``: ``[B, 1]`` per sequence or ``[B, N]``), and whether every uniform lies in
+    [0, 1). With ``remask``, a position clean in ``x`` and not ``fixed`` is written as the mask
+    iff ``u_remask < sigma`` (``[B, 1]`` or ``[B, N]``); without, those three are not read."""
     B, N = x.shape
     step = 1 if p_unmask.shape[1] > 1 else 0
+    remask_step = 1 if sigma.shape[1] > 1 else 0
     selected = np.empty(B * N, np.int64)
     n = 0
     for b in range(B):
         for j in range(N):
-            if x[b, j] == mask_id and u_move[b, j] < p_unmask[b, j * step]:
-                selected[n] = b * N + j
-                n += 1
-    return selected[:n], _count_bad(u_move) + _count_bad(u_token) == 0
+            token = x[b, j]
+            if token == mask_id:
+                if u_move[b, j] < p_unmask[b, j * step]:
+                    selected[n] = b * N + j
+                    n += 1
+            elif remask and not fixed[b, j] and u_remask[b, j] < sigma[b, j * remask_step]:
+                token = mask_id
+            out[b, j] = token
+    bad = _count_bad(u_move) + _count_bad(u_token)
+    if remask:
+        bad += _count_bad(u_remask)
+    return selected[:n], bad == 0
 
 
 @njit(cache=True)
@@ -415,6 +435,17 @@ def commit_topk(scores, eligible, k, out):
 
 
 @njit(cache=True)
+def any_equal(x, value):
+    """Whether some entry of the 2-D array ``x`` equals ``value``; stops at the first one."""
+    B, N = x.shape
+    for b in range(B):
+        for j in range(N):
+            if x[b, j] == value:
+                return True
+    return False
+
+
+@njit(cache=True)
 def mask_noise(x0, keep, uniforms, mask_id, out):
     """``out = x0`` where ``u < keep``, else ``mask_id``; returns whether every uniform lies
     in [0, 1). (``keep[b, j * step]``: one loop for ``[B, 1]`` and ``[B, N]`` that vectorises.)"""
@@ -426,22 +457,6 @@ def mask_noise(x0, keep, uniforms, mask_id, out):
             u = uniforms[b, j]
             bad += _bad_uniform(u)
             out[b, j] = x0[b, j] if u < keep[b, j * step] else mask_id
-    return bad == 0
-
-
-@njit(cache=True)
-def remask(x, sigma, uniforms, fixed, mask_id, out):
-    """``out = mask_id`` where ``x`` is clean, not ``fixed`` and ``u < sigma`` (``out`` holds
-    the new tokens); returns whether every uniform lies in [0, 1)."""
-    B, N = x.shape
-    step = 1 if sigma.shape[1] > 1 else 0
-    bad = 0
-    for b in range(B):
-        for j in range(N):
-            u = uniforms[b, j]
-            bad += _bad_uniform(u)
-            if x[b, j] != mask_id and not fixed[b, j] and u < sigma[b, j * step]:
-                out[b, j] = mask_id
     return bad == 0
 
 

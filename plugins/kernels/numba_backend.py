@@ -44,11 +44,13 @@ from torch import Tensor
 
 import ddkit
 from ddkit import kernels as ops_module
-from ddkit.kernels import KernelBackend, TokenFilter
+from ddkit.kernels import KernelBackend, TokenFilter, raise_for_code
 
 #: operations for which ``backend="auto"`` prefers Numba on CPU tensors (the performance page of the documentation measures why)
 AUTO_OPS = frozenset({"categorical", "masked_step", "commit_topk", "mask_noise", "uniform_noise", "token_probability",
-                      "remask"})
+                      "any_equal"})
+#: the remasking arguments of a masked step without remasking (never read; typed as the real ones)
+_NO_REMASK = (np.zeros((1, 1)), np.zeros((1, 1)), np.zeros((1, 1), np.bool_))
 #: rows of half-precision logits converted to float32 at a time
 HALF_CHUNK_ELEMENTS = 1 << 20
 #: row chunks per thread in a categorical kernel (balances rows of unequal cost)
@@ -128,16 +130,16 @@ def _threads():
             numba.set_num_threads(previous)
 
 
-def _sample_rows(logits: np.ndarray, selected: np.ndarray, uniforms: np.ndarray, out: np.ndarray, options) -> None:
-    """Serial below :data:`SERIAL_WORK` logits (waking threads would cost more), else parallel."""
+def _sample_rows(logits: np.ndarray, selected: np.ndarray, uniforms: np.ndarray, out: np.ndarray, options) -> int:
+    """Serial below :data:`SERIAL_WORK` logits (waking threads would cost more), else parallel;
+    returns the lowest error code written (0: none)."""
     impl = kernels()
     V = logits.shape[1]
     if selected.shape[0] * V <= SERIAL_WORK or thread_budget() == 1:
-        impl.sample_span(logits, selected, uniforms, out, *options, 0, selected.shape[0], np.empty((4, V)),
-                         np.empty((2, V)))
-        return
+        return impl.sample_span(logits, selected, uniforms, out, *options, 0, selected.shape[0], np.empty((4, V)),
+                                np.empty((2, V)))
     with _threads():
-        impl.sample_rows(logits, selected, uniforms, out, *options, CHUNKS_PER_THREAD * thread_budget())
+        return impl.sample_rows(logits, selected, uniforms, out, *options, CHUNKS_PER_THREAD * thread_budget())
 
 
 def _cache_misses(impl) -> int:
@@ -151,6 +153,7 @@ class NumbaKernels(KernelBackend):
 
     name = "numba"
     checks_uniforms = True  # inside the kernels, while they read them
+    checks_codes = True  # the sampling kernels return the lowest code they wrote
 
     def prepare(self, ops: tuple[str, ...]) -> bool:
         """Compile (or load from the cache) the kernels of ``ops`` for every argument type
@@ -168,6 +171,8 @@ class NumbaKernels(KernelBackend):
                 ops_module.categorical(logits, u, backend=self.name)
             if "masked_step" in ops:
                 ops_module.masked_step(x, logits, 1.0, u, u, mask_id=2, backend=self.name)
+                ops_module.masked_step(x, logits, 1.0, u, u, mask_id=2, remask_prob=0.5, u_remask=u, fixed=u < 0,
+                                       backend=self.name)
             if "token_probability" in ops:
                 ops_module.token_probability(logits, torch.zeros(1, 2, dtype=torch.long), backend=self.name)
             if "categorical" in ops or "masked_step" in ops:  # the parallel kernel, used above SERIAL_WORK
@@ -180,8 +185,8 @@ class NumbaKernels(KernelBackend):
             ops_module.mask_noise(x, 0.5, u, mask_id=2, backend=self.name)
         if "uniform_noise" in ops:
             ops_module.uniform_noise(x, 0.5, u, u, vocab_size=3, backend=self.name)
-        if "remask" in ops:
-            ops_module.remask(x, x, 0.5, u, fixed=u < 0, mask_id=2, backend=self.name)
+        if "any_equal" in ops:
+            ops_module.any_equal(x, 2, backend=self.name)
         return _cache_misses(impl) > misses
 
     def supports(self, op: str, device: torch.device) -> bool:
@@ -192,33 +197,40 @@ class NumbaKernels(KernelBackend):
 
     def categorical(self, logits: Tensor, uniforms: Tensor, token_filter: TokenFilter) -> Tensor:
         out = np.empty(logits.shape[0], np.int64)
-        self._sample(logits, np.arange(logits.shape[0]), uniforms.numpy(), out, token_filter, False)
+        raise_for_code(self._sample(logits, np.arange(logits.shape[0]), uniforms.numpy(), out, token_filter, False))
         return torch.from_numpy(out)
 
     def masked_step(self, x: Tensor, logits: Tensor, p_unmask: Tensor, u_move: Tensor, u_token: Tensor,
-                    mask_id: int, token_filter: TokenFilter, argmax: bool) -> Tensor:
-        out = x.numpy().copy()
-        selected, ok = kernels().select_moving(out, p_unmask.numpy(), u_move.numpy(), u_token.numpy(), mask_id)
+                    mask_id: int, token_filter: TokenFilter, argmax: bool,
+                    remask: tuple[Tensor, Tensor, Tensor] | None) -> Tensor:
+        out = np.empty(tuple(x.shape), np.int64)
+        sigma, u_remask, fixed = _NO_REMASK if remask is None else (t.numpy() for t in remask)
+        selected, ok = kernels().select_moving(x.numpy(), p_unmask.numpy(), u_move.numpy(), u_token.numpy(), mask_id,
+                                               out, sigma, u_remask, fixed, remask is not None)
         if not ok:
-            raise ValueError("u_move and u_token must lie in [0, 1)")
-        self._sample(logits, selected, u_token.numpy().reshape(-1), out.reshape(-1), token_filter, argmax)
+            raise ValueError("u_move, u_token and u_remask must lie in [0, 1)")
+        if selected.shape[0]:
+            raise_for_code(self._sample(logits, selected, u_token.numpy().reshape(-1), out.reshape(-1), token_filter,
+                                        argmax))
         return torch.from_numpy(out)
 
     def _sample(self, logits: Tensor, selected: np.ndarray, uniforms: np.ndarray, out: np.ndarray,
-                token_filter: TokenFilter, argmax: bool) -> None:
+                token_filter: TokenFilter, argmax: bool) -> int:
+        """Sample the ``selected`` rows into ``out``; returns the lowest error code (0: none)."""
         V = logits.shape[1]
         options = (float(token_filter.temperature), token_filter.k_for(V), token_filter.p, argmax)
         if logits.dtype in (torch.float32, torch.float64):
-            _sample_rows(logits.numpy(), selected, uniforms, out, options)
-            return
+            return _sample_rows(logits.numpy(), selected, uniforms, out, options)
         # float16 / bfloat16: convert only the selected rows, a chunk at a time (exact in float32)
+        worst = 0
         step = max(1, HALF_CHUNK_ELEMENTS // V)
         for start in range(0, selected.shape[0], step):
             chunk = selected[start:start + step]
             rows = logits.index_select(0, torch.from_numpy(chunk)).float().numpy()
             local = np.empty(chunk.shape[0], np.int64)
-            _sample_rows(rows, np.arange(chunk.shape[0]), uniforms[chunk], local, options)
+            worst = min(worst, _sample_rows(rows, np.arange(chunk.shape[0]), uniforms[chunk], local, options))
             out[chunk] = local
+        return worst
 
     def commit_topk(self, scores: Tensor, eligible: Tensor, k: Tensor) -> Tensor:
         out = np.empty(tuple(scores.shape), np.bool_)
@@ -230,11 +242,8 @@ class NumbaKernels(KernelBackend):
         kernels().token_probability(logits.numpy(), tokens.numpy(), out)
         return torch.from_numpy(out)
 
-    def remask(self, x: Tensor, new: Tensor, sigma: Tensor, uniforms: Tensor, fixed: Tensor, mask_id: int) -> Tensor:
-        out = new.numpy().copy()
-        if not kernels().remask(x.numpy(), sigma.numpy(), uniforms.numpy(), fixed.numpy(), mask_id, out):
-            raise ValueError("uniforms must lie in [0, 1)")
-        return torch.from_numpy(out)
+    def any_equal(self, x: Tensor, value: int) -> bool:
+        return kernels().any_equal(x.numpy(), value)
 
     def mask_noise(self, x0: Tensor, keep: Tensor, uniforms: Tensor, mask_id: int) -> Tensor:
         out = np.empty(tuple(x0.shape), np.int64)

@@ -45,8 +45,12 @@ class TorchKernels(KernelBackend):
         return out
 
     def masked_step(self, x: Tensor, logits: Tensor, p_unmask: Tensor, u_move: Tensor, u_token: Tensor,
-                    mask_id: int, token_filter: TokenFilter, argmax: bool) -> Tensor:
+                    mask_id: int, token_filter: TokenFilter, argmax: bool,
+                    remask: tuple[Tensor, Tensor, Tensor] | None) -> Tensor:
         out = x.clone()
+        if remask is not None:  # clean positions of x only: the unmasking ones are masked in x
+            sigma, u_remask, fixed = remask
+            out.masked_fill_((x != mask_id) & ~fixed & (u_remask < sigma), mask_id)
         flat, u_flat = out.view(-1), u_token.view(-1)
         selected = ((x == mask_id) & (u_move < p_unmask)).view(-1).nonzero().squeeze(1)
         V = logits.shape[1]
@@ -83,8 +87,8 @@ class TorchKernels(KernelBackend):
     def mask_noise(self, x0: Tensor, keep: Tensor, uniforms: Tensor, mask_id: int) -> Tensor:
         return x0.masked_fill(uniforms >= keep, mask_id)
 
-    def remask(self, x: Tensor, new: Tensor, sigma: Tensor, uniforms: Tensor, fixed: Tensor, mask_id: int) -> Tensor:
-        return new.masked_fill((x != mask_id) & ~fixed & (uniforms < sigma), mask_id)
+    def any_equal(self, x: Tensor, value: int) -> bool:
+        return bool((x == value).any())
 
     def uniform_noise(self, x0: Tensor, keep: Tensor, u_keep: Tensor, u_token: Tensor, vocab_size: int) -> Tensor:
         replacement = (u_token * vocab_size).to(torch.long).clamp_max(vocab_size - 1)

@@ -20,7 +20,9 @@ class PosteriorRule(ddkit.UnmaskingRule):
     def start(self, state, grid):
         schedule = state.process.schedule
         if schedule.alpha(grid[:1]).shape == (1,):
-            state.scratch["p_unmask"] = steps.unmask_probabilities(schedule, grid)
+            p_unmask = steps.unmask_probabilities(schedule, grid)
+            # one [B, 1] row per step, in the kernel's layout (no per-step conversion)
+            state.scratch["p_unmask"] = p_unmask[:, None, None].expand(-1, state.x.shape[0], 1).contiguous()
 
     def step(self, state, i, s, t, *, last, tokens, argmax, backend):
         p_unmask = state.scratch.get("p_unmask")

@@ -60,7 +60,7 @@ import torch
 from pydantic import Field
 
 import ddkit
-from ddkit import kernels, steps
+from ddkit import steps
 
 Eta = Annotated[float | None, Field(ge=0.0, le=1.0, allow_inf_nan=False,
                                      description="eta of the strategy (default: the paper's)")]
@@ -165,21 +165,18 @@ class RemaskingRule(ddkit.UnmaskingRule):
     def step(self, state, i, s, t, *, last, tokens, argmax, backend):
         x, mask_id, scratch = state.x, state.process.mask_id, state.scratch
         logits = state.calls.mean_logits(x, scratch["remdm_times"][i].expand(x.shape[0]))
+        remasks = scratch["remdm_remasks"][i]
+        sigma = scratch["remdm_sigma"][i] if remasks else None
+        if remasks and self.strategy == "conf":  # weights softmax(-psi) over the free clean positions
+            clean = (x != mask_id) & ~state.fixed
+            sigma = sigma * torch.softmax((-state.confidence).masked_fill(~clean, float("-inf")), -1).nan_to_num(0.0)
+        # one pass: masks unmask, clean tokens of x are masked again (those just unmasked are not)
         new = steps.masked_step(state, logits, scratch["remdm_unmask"][i], tokens=tokens, argmax=argmax,
-                                backend=backend)
+                                remask_prob=sigma, backend=backend)
         if self.strategy == "conf":
             self._record_confidence(state, x, new, logits)
-        if scratch["remdm_remasks"][i]:
-            sigma = scratch["remdm_sigma"][i]
-            if self.strategy == "conf":  # weights softmax(-psi) over the free clean positions
-                clean = (x != mask_id) & ~state.fixed
-                sigma = sigma * torch.softmax((-state.confidence).masked_fill(~clean, float("-inf")), -1).nan_to_num(0.0)
-            u = torch.rand(x.shape, generator=state.generator, dtype=torch.float64, device=x.device)
-            unmasked = new
-            new = kernels.remask(x, unmasked, sigma, u, fixed=state.fixed, mask_id=mask_id, backend=backend)
-            if state.confidence is not None:
-                remasked = (new == mask_id) & (unmasked != mask_id)
-                state.confidence = state.confidence.masked_fill(remasked, float("inf"))
+        if remasks and state.confidence is not None:
+            state.confidence = state.confidence.masked_fill((new == mask_id) & (x != mask_id), float("inf"))
         return new
 
     @staticmethod
