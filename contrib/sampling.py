@@ -25,7 +25,7 @@ from ddkit import kernels
 from .tokenizers import Tokenizer
 
 #: the kernel operations that samplers call
-SAMPLING_OPS = ("categorical", "masked_step", "commit_topk", "remask", "any_equal")
+SAMPLING_OPS = ("categorical", "masked_step", "commit_topk", "any_equal")
 MASK_GLYPH = "█"
 NEWLINE_GLYPH = "⏎"
 

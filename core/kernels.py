@@ -417,6 +417,9 @@ def prepare(ops: tuple[str, ...] = OPS, device: torch.device | str = "cpu", back
     """Get the backends that run ``ops`` on ``device`` ready (:meth:`KernelBackend.prepare`),
     so that a timed first call measures the work and not the compilation. Returns the names of
     the backends that had to compile (slow; the first run after an install or an upgrade)."""
+    unknown = sorted(set(ops) - set(OPS))
+    if unknown:
+        raise ValueError(f"unknown kernel operations {unknown}; the operations are {list(OPS)}")
     device = torch.device(device)
     chosen: dict[int, tuple[KernelBackend, list[str]]] = {}
     for op in ops:

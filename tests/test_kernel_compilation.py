@@ -98,6 +98,9 @@ for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
         for p in (0.5, torch.full((x.shape[0],), 0.3), torch.rand(x.shape, dtype=torch.float64, generator=g)):
             for argmax in (False, True):
                 kernels.masked_step(x, logits, p, u_move, u_token, mask_id=V, argmax=argmax, top_p=0.8)
+                kernels.masked_step(x, logits, p, u_move, u_token, mask_id=V, argmax=argmax, remask_prob=p,
+                                    u_remask=u_move, fixed=u_move < 0.1)
+        kernels.any_equal(x, V)
 scores = torch.rand(4, 9, generator=g)
 kernels.commit_topk(scores, scores > 0.2, torch.tensor([1, 2, 0, 9]))
 kernels.commit_topk(scores.double(), scores > 0.5, 3)
@@ -112,6 +115,11 @@ def test_prepare_compiles_every_signature_that_sampling_uses():
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert all(result["prepared"][name] >= 1 for name in ("sample_span", "sample_rows", "select_moving", "commit_topk"))
     assert result["after"] == result["prepared"]  # sampling compiled nothing more
+
+
+def test_prepare_refuses_an_unknown_operation():
+    with pytest.raises(ValueError, match=r"unknown kernel operations \['remask'\]"):
+        kernels.prepare(("masked_step", "remask"))
 
 
 CONFIG = {
