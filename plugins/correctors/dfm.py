@@ -129,7 +129,7 @@ class DFMCorrector(ddkit.Corrector):
                 rates = c[:, None, None] * corrector_rates(state)
                 largest = float(rates.sum(-1).amax()) if rates.numel() else 0.0
             else:  # closed form: every free mask moves at c * lambda, every free clean token at c * beta
-                unmask, remask = (c * rate for rate in masked)
+                unmask, remask = c * masked  # [2, B]: both rates scaled at once
                 free = ~state.fixed
                 has_mask = ((state.x == state.process.mask_id) & free).any(-1)
                 has_clean = ((state.x != state.process.mask_id) & free).any(-1)
